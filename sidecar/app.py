@@ -1,0 +1,240 @@
+"""Wiring: the request's path through the sidecar, the shared state on the app, and the process lifecycle.
+
+handle(): size checks → CORS preflight → public path? → one bearer token → verify (cache, keys, PyJWT,
+claims) → header hygiene → forward. Any `Rejection` on the way becomes the sidecar's own answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from sidecar import errors
+from sidecar.admin import admin_app
+from sidecar.clock import Clock, SystemClock
+from sidecar.config import Config
+from sidecar.cors import CorsPolicy
+from sidecar.extract import bearer_token
+from sidecar.fetcher import ProviderKeys
+from sidecar.headers import GRACE_SUFFIX, HeaderPolicy
+from sidecar.metrics import Metrics
+from sidecar.proxy import forward, upstream_session
+from sidecar.responses import rejection, setup_logging, token_context
+from sidecar.rules import PublicPaths, encode, normalise
+from sidecar.verify import Verifier
+
+log = logging.getLogger("sidecar")
+
+
+@dataclass
+class Sidecar:
+    """Everything a request or the admin port needs, built once from config."""
+
+    cfg: Config
+    clock: Clock
+    metrics: Metrics
+    keys: list[ProviderKeys]
+    verifier: Verifier
+    cors: CorsPolicy
+    headers: HeaderPolicy
+    public: PublicPaths
+    grace_header: str
+    draining: bool = False
+    upstream: aiohttp.ClientSession | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def ready(self) -> bool:
+        return not self.draining and all(pk.usable() for pk in self.keys)
+
+
+STATE = web.AppKey("sidecar", Sidecar)
+
+
+def build_state(cfg: Config, clock: Clock | None = None, metrics: Metrics | None = None) -> Sidecar:
+    clock = clock or SystemClock()
+    metrics = metrics or Metrics()
+    keys = [ProviderKeys(p, cfg.jwks, clock, metrics, None) for p in cfg.providers]
+    return Sidecar(
+        cfg=cfg, clock=clock, metrics=metrics, keys=keys, verifier=Verifier(cfg, keys, clock, metrics),
+        cors=CorsPolicy(cfg.cors), headers=HeaderPolicy(cfg.identity_header_prefix, not cfg.strip_authorization),
+        public=PublicPaths(cfg.public_paths), grace_header=cfg.identity_header_prefix + GRACE_SUFFIX,
+    )
+
+
+def _check_sizes(request: web.Request, per_header: int, total: int) -> None:
+    seen = 0
+    for name, value in request.raw_headers:
+        size = len(name) + len(value) + 4
+        if size > per_header:
+            raise errors.HeadersTooLarge(f"header {name[:64].decode('latin-1')!r} is {size} bytes, limit {per_header}")
+        seen += size
+    if seen > total:
+        raise errors.HeadersTooLarge(f"headers total {seen} bytes, limit {total}")
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    s = request.app[STATE]
+    m = s.metrics
+    cfg = s.cfg
+    origin = request.headers.get("Origin")
+    cors_extra = s.cors.actual(origin) if s.cors.enabled else ()
+    token: str | None = None
+    fingerprint: str | None = None
+    m.in_flight.inc()
+    try:
+        _check_sizes(request, cfg.limits.max_header_bytes, cfg.limits.max_headers_total_bytes)
+        if s.cors.enabled and s.cors.is_preflight(request.method, request.headers):
+            allowed = s.cors.preflight(request.headers)
+            if allowed is None:
+                m.cors_preflights.labels("rejected").inc()
+                raise errors.CorsRejected(f"origin {origin!r}, method or headers not allowed")
+            m.cors_preflights.labels("allowed").inc()
+            return web.Response(status=204, headers=CIMultiDict(allowed))
+        raw = request.raw_path
+        path, sep, query = raw.partition("?")
+        if not path.startswith("/"):
+            raise errors.BadRequest("the request target must be an absolute path")
+        canonical = normalise(path)
+        path_qs = (encode(canonical) + sep + query) if canonical is not None else raw
+        extra: tuple[tuple[str, str], ...] = ()
+        if s.public.match(canonical):
+            m.public_requests.inc()
+        else:
+            token = bearer_token(request.headers, request.query, cfg.limits.max_token_bytes)
+            started = s.clock.monotonic()
+            verified, grace = await s.verifier.verify(token)
+            m.validation_seconds.observe(s.clock.monotonic() - started)
+            fingerprint = verified.fingerprint
+            extra = verified.claim_headers
+            if grace is not None:
+                m.grace_accepted.inc()
+                extra = (*extra, (s.grace_header, str(int(grace))))
+            m.auth_success.inc()
+        headers = s.headers.forwardable(request.headers)
+        for name, value in extra:
+            headers[name] = value
+        _forwarded(request, headers)
+        assert s.upstream is not None
+        return await forward(
+            request, s.upstream, cfg.upstream, path_qs, headers, cors_extra, cfg.limits.max_body_bytes, m
+        )
+    except errors.Rejection as r:
+        return _reject(s, request, r, token, fingerprint, cors_extra)
+    finally:
+        m.in_flight.dec()
+
+
+def _forwarded(request: web.Request, headers: CIMultiDict[str]) -> None:
+    peer = request.remote or "unknown"
+    prior = request.headers.getall("X-Forwarded-For", ())
+    headers["X-Forwarded-For"] = ", ".join((*prior, peer))
+    # An ingress or load balancer in front already set these for the original client: keep theirs.
+    headers.setdefault("X-Forwarded-Proto", request.scheme)
+    headers.setdefault("X-Forwarded-Host", request.host)
+    headers["Host"] = request.host
+
+
+def _reject(
+    s: Sidecar, request: web.Request, r: errors.Rejection, token: str | None, fp: str | None,
+    cors_extra: tuple[tuple[str, str], ...],
+) -> web.Response:
+    m = s.metrics
+    if r.family == "auth":
+        m.auth_failures.labels(r.reason).inc()
+    elif r.family == "request":
+        m.requests_rejected.labels(r.reason).inc()
+    # CORS headers go on every answer to an allowed origin, except a rejected preflight (that is the point)
+    extra = () if isinstance(r, errors.CorsRejected) else cors_extra
+    if fp is None and token:
+        fp = hashlib.sha256(token.encode()).digest()[:6].hex()
+    log.info(
+        "rejected",
+        extra={
+            "event": "rejected", "reason": r.reason, "status": r.status, "description": r.description,
+            "method": request.method, "path": request.path[:512], "peer": request.remote, **token_context(token, fp),
+        },
+    )
+    return rejection(r, s.cfg.realm, extra)
+
+
+# --- app and lifecycle ----------------------------------------------------------------------------------
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    s = app[STATE]
+    lim = s.cfg.limits
+    s.upstream = upstream_session(lim.upstream_connect_timeout, lim.upstream_timeout)
+    jwks_session = aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=s.cfg.jwks.fetch_timeout), headers={"User-Agent": "jwt-sidecar"}
+    )
+    for pk in s.keys:
+        pk.session = jwks_session
+        s.tasks.append(asyncio.create_task(pk.keep_fresh(), name=f"jwks:{pk.provider.name}"))
+    yield
+    for t in s.tasks:
+        t.cancel()
+    await asyncio.gather(*s.tasks, return_exceptions=True)
+    s.tasks.clear()
+    await s.upstream.close()
+    await jwks_session.close()
+
+
+def proxy_app(state: Sidecar) -> web.Application:
+    app = web.Application(client_max_size=0, handler_args={"max_field_size": 1 << 17, "max_line_size": 1 << 17})
+    app[STATE] = state
+    app.router.add_route("*", "/{tail:.*}", handle)
+    app.cleanup_ctx.append(_resources)
+    return app
+
+
+def _split(hostport: str) -> tuple[str, int]:
+    host, _, port = hostport.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+async def run_until_signal(state: Sidecar, stop: asyncio.Event | None = None) -> None:
+    """Serve until SIGTERM/SIGINT (or `stop`), then drain: not ready at once, stop accepting, finish in flight."""
+    cfg = state.cfg
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    admin_runner = web.AppRunner(admin_app(state, STATE), access_log=None, handle_signals=False)
+    await admin_runner.setup()
+    proxy_runner = web.AppRunner(
+        proxy_app(state), access_log=None, handle_signals=False, shutdown_timeout=cfg.limits.drain_timeout,
+        max_field_size=1 << 17, max_line_size=1 << 17,
+    )
+    await proxy_runner.setup()
+    await web.TCPSite(admin_runner, *_split(cfg.admin_listen), reuse_address=True).start()
+    await web.TCPSite(proxy_runner, *_split(cfg.listen), reuse_address=True, backlog=1024).start()
+    log.info("listening", extra={"listen": cfg.listen, "admin": cfg.admin_listen, "upstream": cfg.upstream})
+    await stop.wait()
+    state.draining = True
+    log.info("draining", extra={"timeout": cfg.limits.drain_timeout})
+    await proxy_runner.cleanup()
+    await admin_runner.cleanup()
+    log.info("stopped")
+
+
+def serve(cfg: Config) -> int:
+    setup_logging(cfg.log_level)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency; Windows has none
+        pass
+    asyncio.run(run_until_signal(build_state(cfg)))
+    return 0

@@ -1,0 +1,184 @@
+"""The closed list of reasons the sidecar answers a request itself.
+
+Every reason is one exception class carrying its HTTP status, its RFC 6750 error code and its metric
+label. Responses, metrics, logs, the README table and the tests all read this list; nothing else in the
+package invents a reason string.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class Rejection(Exception):
+    """A request the sidecar answers itself instead of forwarding."""
+
+    status: ClassVar[int]
+    reason: ClassVar[str]  # the metric label and the `reason` field of the JSON body
+    error: ClassVar[str | None]  # RFC 6750 `error`; None means no `error` attribute is sent
+    family: ClassVar[str]  # which counter it lands in: "auth", "request" or "upstream"
+    summary: ClassVar[str]  # one line for the README table
+
+    def __init__(self, description: str | None = None) -> None:
+        super().__init__(description or self.summary)
+        self.description = description or self.summary
+
+
+# --- token problems: 401 (RFC 6750 invalid_token unless no token was sent) ---------------------------
+
+
+class AuthFailure(Rejection):
+    status = 401
+    error = "invalid_token"
+    family = "auth"
+
+
+class MissingToken(AuthFailure):
+    reason = "missing_token"
+    error = None  # RFC 6750 §3.1: no error code when the request carried no credentials
+    summary = "no bearer token in the request"
+
+
+class Malformed(AuthFailure):
+    reason = "malformed"
+    summary = "the token is not a well-formed JWS compact serialisation"
+
+
+class UnsupportedAlg(AuthFailure):
+    reason = "unsupported_alg"
+    summary = "the token's alg is not allowed for this provider or does not fit the key"
+
+
+class UnknownKid(AuthFailure):
+    reason = "unknown_kid"
+    summary = "no trusted key has the token's kid"
+
+
+class BadSignature(AuthFailure):
+    reason = "bad_signature"
+    summary = "the signature does not verify with the provider's key"
+
+
+class Expired(AuthFailure):
+    reason = "expired"
+    summary = "the token expired (beyond leeway and grace)"
+
+
+class NotYetValid(AuthFailure):
+    reason = "not_yet_valid"
+    summary = "nbf is in the future beyond the leeway"
+
+
+class IssuedInFuture(AuthFailure):
+    reason = "issued_in_future"
+    summary = "iat is in the future beyond the leeway (check this host's clock)"
+
+
+class IssuerMismatch(AuthFailure):
+    reason = "issuer_mismatch"
+    summary = "iss is not a configured issuer"
+
+
+class AudienceMismatch(AuthFailure):
+    reason = "audience_mismatch"
+    summary = "aud names none of the accepted audiences"
+
+
+class MissingClaim(AuthFailure):
+    reason = "missing_claim"
+    summary = "a required claim is absent"
+
+
+class InvalidClaim(AuthFailure):
+    reason = "invalid_claim"
+    summary = "a registered claim has the wrong JSON type or value"
+
+
+class TokenTooLarge(AuthFailure):
+    reason = "token_too_large"
+    summary = "the token is longer than limits.max_token_bytes"
+
+
+class MultipleTokens(AuthFailure):
+    status = 400
+    error = "invalid_request"
+    reason = "multiple_tokens"
+    summary = "more than one token in the request (RFC 6750 §2)"
+
+
+class KeysUnavailable(AuthFailure):
+    status = 503
+    error = None
+    reason = "keys_unavailable"
+    summary = "no usable keys for the provider yet (or keys older than jwks.max_stale)"
+
+
+# --- malformed HTTP requests --------------------------------------------------------------------------
+
+
+class RequestRejected(Rejection):
+    family = "request"
+    error = None
+
+
+class BadRequest(RequestRejected):
+    status = 400
+    reason = "bad_request"
+    summary = "the HTTP request is malformed"
+
+
+class HeadersTooLarge(RequestRejected):
+    status = 431
+    reason = "headers_too_large"
+    summary = "a header or the header block exceeds limits.max_header_bytes"
+
+
+class BodyTooLarge(RequestRejected):
+    status = 413
+    reason = "body_too_large"
+    summary = "the body exceeds limits.max_body_bytes"
+
+
+class CorsRejected(RequestRejected):
+    status = 403
+    reason = "cors_rejected"
+    summary = "a CORS preflight from an origin, method or header the policy does not allow"
+
+
+# --- the upstream app ---------------------------------------------------------------------------------
+
+
+class UpstreamFailure(Rejection):
+    family = "upstream"
+    error = None
+
+
+class UpstreamUnavailable(UpstreamFailure):
+    status = 502
+    reason = "upstream_unavailable"
+    summary = "the app refused the connection or broke it"
+
+
+class UpstreamTimeout(UpstreamFailure):
+    status = 504
+    reason = "upstream_timeout"
+    summary = "the app did not answer within limits.upstream_timeout"
+
+
+def all_reasons() -> list[type[Rejection]]:
+    """Every concrete reason, in declaration order (the README table and the metrics use this)."""
+    found: list[type[Rejection]] = []
+
+    def walk(cls: type[Rejection]) -> None:
+        for sub in cls.__subclasses__():
+            if "reason" in sub.__dict__:
+                found.append(sub)
+            walk(sub)
+
+    walk(Rejection)
+    return found
+
+
+AUTH_REASONS: tuple[str, ...] = tuple(c.reason for c in all_reasons() if c.family == "auth")
+REQUEST_REASONS: tuple[str, ...] = tuple(c.reason for c in all_reasons() if c.family == "request")
+UPSTREAM_REASONS: tuple[str, ...] = tuple(c.reason for c in all_reasons() if c.family == "upstream")

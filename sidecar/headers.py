@@ -1,0 +1,77 @@
+"""Header names the sidecar reads or writes, and the rules for which client headers never pass."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+AUTHORIZATION = "Authorization"
+WWW_AUTHENTICATE = "WWW-Authenticate"
+RETRY_AFTER = "Retry-After"
+X_FORWARDED_FOR = "X-Forwarded-For"
+X_FORWARDED_PROTO = "X-Forwarded-Proto"
+X_FORWARDED_HOST = "X-Forwarded-Host"
+# Set by the sidecar (inside the identity namespace, so a client can never send them):
+GRACE_SUFFIX = "Token-Expired-Seconds"  # seconds past `exp` of a token accepted inside expired_grace
+PROVIDER_SUFFIX = "Provider"  # the provider name that verified the token
+
+# RFC 9110 §7.6.1 plus the legacy ones every proxy strips (RFC 2616 §13.5.1).
+HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in (
+        "Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization",
+        "TE", "Trailer", "Transfer-Encoding", "Upgrade",
+    )
+)
+
+# Headers the sidecar sets itself on the way to the app; `Connection` may never remove these.
+SIDECAR_SET = frozenset(h.lower() for h in (X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST))
+
+
+def identity_key(name: str) -> str:
+    """Fold a header name the way servers that map `_` to `-` (CGI, WSGI, nginx) would see it."""
+    return name.lower().replace("_", "-")
+
+
+class HeaderPolicy:
+    """Which client headers are dropped before a request reaches the app. Built once from config."""
+
+    __slots__ = ("_prefix", "authorization")
+
+    def __init__(self, identity_prefix: str, keep_authorization: bool) -> None:
+        self._prefix = identity_key(identity_prefix)
+        self.authorization = keep_authorization
+
+    def is_identity(self, name: str) -> bool:
+        return identity_key(name).startswith(self._prefix)
+
+    def forwardable(self, headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+        """The client's headers minus hop-by-hop, `Connection`-named and identity-namespace headers."""
+        drop = set(HOP_BY_HOP)
+        for value in headers.getall("Connection", ()):
+            for token in value.split(","):
+                token = token.strip().lower()
+                if token and token not in SIDECAR_SET:
+                    drop.add(token)
+        if not self.authorization:
+            drop.add("authorization")
+        prefix = self._prefix
+        out: CIMultiDict[str] = CIMultiDict()
+        for name, value in headers.items():
+            low = name.lower()
+            if low in drop or low.replace("_", "-").startswith(prefix) or low == "host":
+                continue
+            out.add(name, value)
+        return out
+
+
+def header_safe(value: str) -> str:
+    """A claim value made safe for a header: no CR, LF, NUL or other controls ever reach the app."""
+    if value.isprintable():
+        return value
+    return "".join(c if c.isprintable() else " " for c in value)
+
+
+def join_values(values: Iterable[str]) -> str:
+    return ", ".join(values)

@@ -1,0 +1,80 @@
+"""The sidecar's own answers: status, RFC 6750 `WWW-Authenticate`, a small JSON body, and a log line."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+
+import jwt
+from aiohttp import web
+
+from sidecar.errors import Rejection
+
+log = logging.getLogger("sidecar.auth")
+RETRY_AFTER_SECONDS = 5
+
+
+def _quoted(text: str) -> str:
+    # RFC 6750 §3: error_description is %x20-21 / %x23-5B / %x5D-7E
+    return "".join(c if 0x20 <= ord(c) <= 0x7E and c not in '"\\' else "'" if c == '"' else " " for c in text)
+
+
+def www_authenticate(realm: str, r: Rejection) -> str:
+    if r.error is None:
+        return f'Bearer realm="{realm}"'
+    return f'Bearer realm="{realm}", error="{r.error}", error_description="{_quoted(r.description)}"'
+
+
+def rejection(r: Rejection, realm: str, extra: Iterable[tuple[str, str]] = ()) -> web.Response:
+    body = json.dumps({"status": r.status, "reason": r.reason, "description": r.description})
+    resp = web.Response(status=r.status, text=body, content_type="application/json")
+    if r.family == "auth" and r.status in (400, 401):
+        resp.headers["WWW-Authenticate"] = www_authenticate(realm, r)
+    if r.status == 503:
+        resp.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    for name, value in extra:
+        resp.headers.add(name, value)
+    return resp
+
+
+def token_context(token: str | None, fingerprint: str | None = None) -> dict[str, object]:
+    """What may be logged about a token: its kid, iss and a digest prefix. Never the token."""
+    if not token:
+        return {}
+    ctx: dict[str, object] = {}
+    if fingerprint:
+        ctx["fp"] = fingerprint
+    try:
+        header = jwt.get_unverified_header(token)
+        kid = header.get("kid")
+        ctx["kid"] = kid[:64] if isinstance(kid, str) else None
+        ctx["alg"] = str(header.get("alg"))[:16]
+        iss = jwt.decode(token, options={"verify_signature": False}).get("iss")
+        ctx["iss"] = iss[:200] if isinstance(iss, str) else None
+    except Exception:  # noqa: BLE001 - a log field must never turn a 401 into a 500
+        pass
+    return ctx
+
+
+class JsonFormatter(logging.Formatter):
+    _SKIP = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, object] = {
+            "ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        out.update({k: v for k, v in record.__dict__.items() if k not in self._SKIP})
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
