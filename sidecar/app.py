@@ -56,6 +56,8 @@ class Sidecar:
 
 
 STATE = web.AppKey("sidecar", Sidecar)
+# aiohttp's parser refuses (400) anything above this before the sidecar sees it; below it, limits.* apply (431).
+PARSER_CEILING = 1 << 17
 
 
 def build_state(cfg: Config, clock: Clock | None = None, metrics: Metrics | None = None) -> Sidecar:
@@ -188,7 +190,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 
 
 def proxy_app(state: Sidecar) -> web.Application:
-    app = web.Application(client_max_size=0, handler_args={"max_field_size": 1 << 17, "max_line_size": 1 << 17})
+    app = web.Application(client_max_size=0)
     app[STATE] = state
     app.router.add_route("*", "/{tail:.*}", handle)
     app.cleanup_ctx.append(_resources)
@@ -214,7 +216,7 @@ async def run_until_signal(state: Sidecar, stop: asyncio.Event | None = None) ->
     await admin_runner.setup()
     proxy_runner = web.AppRunner(
         proxy_app(state), access_log=None, handle_signals=False, shutdown_timeout=cfg.limits.drain_timeout,
-        max_field_size=1 << 17, max_line_size=1 << 17,
+        max_field_size=PARSER_CEILING, max_line_size=PARSER_CEILING, max_headers=1024,
     )
     await proxy_runner.setup()
     await web.TCPSite(admin_runner, *_split(cfg.admin_listen), reuse_address=True).start()

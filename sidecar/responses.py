@@ -71,9 +71,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+class RedactParserErrors(logging.Filter):
+    """aiohttp's parser quotes the first bytes of a header it refuses, which may be a token: keep the class only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage()}: {exc.__class__.__name__} (details withheld: may quote a header)"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def setup_logging(level: str) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(RedactParserErrors())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

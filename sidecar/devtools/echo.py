@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 
 from aiohttp import web
+
+
+RECORD = web.AppKey("record", list)
 
 
 async def echo(request: web.Request) -> web.StreamResponse:
@@ -13,6 +17,10 @@ async def echo(request: web.Request) -> web.StreamResponse:
     if "echo_sleep" in q:
         await asyncio.sleep(float(q["echo_sleep"]))
     body = await request.read()
+    record = request.app.get(RECORD)
+    if record is not None:
+        record.append({"method": request.method, "path": request.raw_path, "headers": list(request.headers.items()),
+                       "body": body})
     if "echo_bytes" in q:
         resp = web.StreamResponse(status=200)
         resp.enable_chunked_encoding()
@@ -28,13 +36,16 @@ async def echo(request: web.Request) -> web.StreamResponse:
         "path": request.raw_path,
         "headers": [[k, v] for k, v in request.headers.items()],
         "body_bytes": len(body),
-        "body_sha_prefix": __import__("hashlib").sha256(body).hexdigest()[:16],
+        "body_sha_prefix": hashlib.sha256(body).hexdigest()[:16],
     }
     return web.Response(status=int(q.get("echo_status", 200)), text=json.dumps(data), content_type="application/json")
 
 
-def echo_app() -> web.Application:
+def echo_app(record: list[dict[str, object]] | None = None) -> web.Application:
+    """`record`, when given, receives every request that reached the app (tests read it)."""
     app = web.Application(client_max_size=1 << 30)
+    if record is not None:
+        app[RECORD] = record
     app.router.add_route("*", "/{tail:.*}", echo)
     return app
 

@@ -78,7 +78,9 @@ class DevIssuer:
         payload.update(claims)
         payload = {k: v for k, v in payload.items() if v is not None}
         key = key or self.signing
-        return jwt.encode(payload, key.private, algorithm=key.alg, headers={"kid": key.kid, **(headers or {})})
+        # The JWS layer signs any JSON, so tests can mint claims PyJWT's encoder would refuse (`iss` as a list).
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        return jwt.api_jws.encode(body, key.private, algorithm=key.alg, headers={"kid": key.kid, **(headers or {})})
 
     def rotate(self, keep_old: bool = True, alg: str | None = None) -> SigningKey:
         key = new_key(alg or self.signing.alg)
