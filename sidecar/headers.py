@@ -52,7 +52,8 @@ class HeaderPolicy:
         for value in headers.getall("Connection", ()):
             for token in value.split(","):
                 token = token.strip().lower()
-                if token and token not in SIDECAR_SET:
+                # `Connection: Authorization` must not strip the token the sidecar just verified
+                if token and token not in SIDECAR_SET and token != "authorization":
                     drop.add(token)
         if not self.authorization:
             drop.add("authorization")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
@@ -27,13 +28,23 @@ def upstream_session(connect_timeout: float, read_timeout: float) -> aiohttp.Cli
     )
 
 
-async def _limited(request: web.Request, limit: int) -> object:
-    seen = 0
-    async for chunk in request.content.iter_chunked(_CHUNK):
-        seen += len(chunk)
-        if limit and seen > limit:
-            raise errors.BodyTooLarge(f"body exceeds {limit} bytes")
-        yield chunk
+class _Body:
+    """The request body as a stream, cut off past `limit` (0: none). aiohttp wraps what a body generator
+    raises in a client error, so the breach is remembered here and turned into a 413 by `forward`."""
+
+    __slots__ = ("exceeded", "limit", "request")
+
+    def __init__(self, request: web.Request, limit: int) -> None:
+        self.request, self.limit, self.exceeded = request, limit, False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        seen = 0
+        async for chunk in self.request.content.iter_chunked(_CHUNK):
+            seen += len(chunk)
+            if self.limit and seen > self.limit:
+                self.exceeded = True
+                raise errors.BodyTooLarge(f"body exceeds {self.limit} bytes")
+            yield chunk
 
 
 async def forward(
@@ -48,12 +59,12 @@ async def forward(
 ) -> web.StreamResponse:
     if max_body and request.content_length is not None and request.content_length > max_body:
         raise errors.BodyTooLarge(f"Content-Length {request.content_length} exceeds {max_body} bytes")
-    body = _limited(request, max_body) if request.body_exists else None
+    body = _Body(request, max_body) if request.body_exists else None
     loop = asyncio.get_running_loop()
     started = loop.time()
     try:
         async with session.request(
-            request.method, URL(base + path_qs, encoded=True), headers=headers, data=body,
+            request.method, URL(base + path_qs, encoded=True), headers=headers, data=body.chunks() if body else None,
             allow_redirects=False, compress=None, chunked=None,
         ) as resp:
             metrics.upstream_seconds.observe(loop.time() - started)
@@ -80,14 +91,18 @@ async def forward(
             return out
     except errors.BodyTooLarge:
         raise
-    except (TimeoutError, aiohttp.ServerTimeoutError):
+    except Exception as e:
+        if body is not None and body.exceeded:
+            raise errors.BodyTooLarge(f"body exceeds {max_body} bytes") from None
+        raise _classify(e, request, metrics) from None
+
+
+def _classify(e: Exception, request: web.Request, metrics: Metrics) -> BaseException:
+    """What a failed upstream exchange means for the client: 504, 502, or nothing (the client left)."""
+    if isinstance(e, TimeoutError):  # aiohttp's ServerTimeoutError is one too
         metrics.upstream_errors.labels("upstream_timeout").inc()
-        raise errors.UpstreamTimeout() from None
-    except aiohttp.ClientPayloadError:
-        metrics.upstream_errors.labels("upstream_unavailable").inc()
-        raise errors.UpstreamUnavailable("the app broke off its response") from None
-    except (aiohttp.ClientError, OSError) as e:
-        if request.transport is None or request.transport.is_closing():
-            raise ConnectionResetError("client went away") from None
-        metrics.upstream_errors.labels("upstream_unavailable").inc()
-        raise errors.UpstreamUnavailable(f"the app is unreachable ({e.__class__.__name__})") from None
+        return errors.UpstreamTimeout()
+    if not isinstance(e, aiohttp.ClientPayloadError) and (request.transport is None or request.transport.is_closing()):
+        return ConnectionResetError("client went away")
+    metrics.upstream_errors.labels("upstream_unavailable").inc()
+    return errors.UpstreamUnavailable(f"the request to the app failed ({e.__class__.__name__})")
