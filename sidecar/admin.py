@@ -51,16 +51,19 @@ def admin_app(state: Sidecar, key: web.AppKey[Sidecar]) -> web.Application:
                     return
             except ValueError:
                 pass
-        raise web.HTTPForbidden(text=json.dumps({"reason": "admin_actions_disabled", "mode": mode}),
-                                content_type="application/json")
+        raise web.HTTPForbidden(
+            text=json.dumps({"reason": "admin_actions_disabled", "mode": mode}),
+            content_type="application/json",
+        )
 
     def _provider(request: web.Request) -> Any:
         name = request.match_info["provider"]
         for pk in request.app[key].keys:
             if pk.provider.name == name:
                 return pk
-        raise web.HTTPNotFound(text=json.dumps({"reason": "unknown_provider", "provider": name}),
-                               content_type="application/json")
+        raise web.HTTPNotFound(
+            text=json.dumps({"reason": "unknown_provider", "provider": name}), content_type="application/json"
+        )
 
     async def show_keys(request: web.Request) -> web.Response:
         _allowed(request)

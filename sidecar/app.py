@@ -7,6 +7,7 @@ claims) → header hygiene → forward. Any `Rejection` on the way becomes the s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import signal
@@ -65,9 +66,15 @@ def build_state(cfg: Config, clock: Clock | None = None, metrics: Metrics | None
     metrics = metrics or Metrics()
     keys = [ProviderKeys(p, cfg.jwks, clock, metrics, None) for p in cfg.providers]
     return Sidecar(
-        cfg=cfg, clock=clock, metrics=metrics, keys=keys, verifier=Verifier(cfg, keys, clock, metrics),
-        cors=CorsPolicy(cfg.cors), headers=HeaderPolicy(cfg.identity_header_prefix, not cfg.strip_authorization),
-        public=PublicPaths(cfg.public_paths), grace_header=cfg.identity_header_prefix + GRACE_SUFFIX,
+        cfg=cfg,
+        clock=clock,
+        metrics=metrics,
+        keys=keys,
+        verifier=Verifier(cfg, keys, clock, metrics),
+        cors=CorsPolicy(cfg.cors),
+        headers=HeaderPolicy(cfg.identity_header_prefix, not cfg.strip_authorization),
+        public=PublicPaths(cfg.public_paths),
+        grace_header=cfg.identity_header_prefix + GRACE_SUFFIX,
     )
 
 
@@ -145,7 +152,11 @@ def _forwarded(request: web.Request, headers: CIMultiDict[str]) -> None:
 
 
 def _reject(
-    s: Sidecar, request: web.Request, r: errors.Rejection, token: str | None, fp: str | None,
+    s: Sidecar,
+    request: web.Request,
+    r: errors.Rejection,
+    token: str | None,
+    fp: str | None,
     cors_extra: tuple[tuple[str, str], ...],
 ) -> web.Response:
     m = s.metrics
@@ -160,8 +171,14 @@ def _reject(
     log.info(
         "rejected",
         extra={
-            "event": "rejected", "reason": r.reason, "status": r.status, "description": r.description,
-            "method": request.method, "path": request.path[:512], "peer": request.remote, **token_context(token, fp),
+            "event": "rejected",
+            "reason": r.reason,
+            "status": r.status,
+            "description": r.description,
+            "method": request.method,
+            "path": request.path[:512],
+            "peer": request.remote,
+            **token_context(token, fp),
         },
     )
     return rejection(r, s.cfg.realm, extra)
@@ -208,15 +225,18 @@ async def run_until_signal(state: Sidecar, stop: asyncio.Event | None = None) ->
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread, or Windows
             loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):
-            pass
     admin_runner = web.AppRunner(admin_app(state, STATE), access_log=None, handle_signals=False)
     await admin_runner.setup()
     proxy_runner = web.AppRunner(
-        proxy_app(state), access_log=None, handle_signals=False, shutdown_timeout=cfg.limits.drain_timeout,
-        max_field_size=PARSER_CEILING, max_line_size=PARSER_CEILING, max_headers=1024,
+        proxy_app(state),
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=cfg.limits.drain_timeout,
+        max_field_size=PARSER_CEILING,
+        max_line_size=PARSER_CEILING,
+        max_headers=1024,
     )
     await proxy_runner.setup()
     await web.TCPSite(admin_runner, *_split(cfg.admin_listen), reuse_address=True).start()

@@ -43,13 +43,40 @@ FLAGS: tuple[Flag, ...] = (
     Flag("leeway", ("leeway",), "clock-skew leeway for exp/nbf/iat (default 60s)"),
     Flag("expired-grace", ("expired_grace",), "accept tokens expired up to this long past leeway (default 0)"),
     Flag("public-path", ("public_paths",), "path prefix served without a token (repeatable)", many=True),
-    Flag("claim-header", ("claim_headers",), "NAME=CLAIM header for the app (repeatable; a.b for nested)", many=True),
-    Flag("cors-origin", ("cors", "origins"), "allowed CORS origin (repeatable; https://*.example.com patterns)", many=True),
-    Flag("strip-authorization", ("strip_authorization",), "do not forward Authorization to the app", switch=True),
+    Flag(
+        "claim-header",
+        ("claim_headers",),
+        "NAME=CLAIM header for the app (repeatable; a.b for nested)",
+        many=True,
+    ),
+    Flag(
+        "cors-origin",
+        ("cors", "origins"),
+        "allowed CORS origin (repeatable; https://*.example.com patterns)",
+        many=True,
+    ),
+    Flag(
+        "strip-authorization",
+        ("strip_authorization",),
+        "do not forward Authorization to the app",
+        switch=True,
+    ),
     Flag("jwks-refresh", ("jwks", "refresh"), "key set refresh interval (default 5m)"),
-    Flag("jwks-max-stale", ("jwks", "max_stale"), "keep using last good keys this long when the IdP fails (default 24h)"),
-    Flag("jwks-refetch-cooldown", ("jwks", "refetch_cooldown"), "min time between unknown-kid refetches (default 30s)"),
-    Flag("key-retention", ("jwks", "key_retention"), "trust a key removed from the JWKS this long (default 24h)"),
+    Flag(
+        "jwks-max-stale",
+        ("jwks", "max_stale"),
+        "keep using last good keys this long when the IdP fails (default 24h)",
+    ),
+    Flag(
+        "jwks-refetch-cooldown",
+        ("jwks", "refetch_cooldown"),
+        "min time between unknown-kid refetches (default 30s)",
+    ),
+    Flag(
+        "key-retention",
+        ("jwks", "key_retention"),
+        "trust a key removed from the JWKS this long (default 24h)",
+    ),
     Flag("workers", ("workers",), "worker processes (default 1; 0 = the CPUs this container may use)"),
     Flag("log-level", ("log_level",), "debug | info | warning | error"),
 )
@@ -101,7 +128,7 @@ def merge(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any
     for flag in FLAGS:
         env_value = environ.get(_env_name(flag))
         if env_value is not None and env_value != "":
-            _set(tree, flag, env_value if not flag.switch else env_value)
+            _set(tree, flag, env_value)
     for flag in FLAGS:
         value = getattr(args, flag.name.replace("-", "_"))
         if value is None or value is False:

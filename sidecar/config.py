@@ -98,11 +98,12 @@ class Config:
 
     def effective(self) -> dict[str, Any]:
         """The config as a plain mapping in the file's own shape (what `check-config` prints)."""
-        out = asdict(self)
+        out: dict[str, Any] = asdict(self)
         out["claim_headers"] = dict(self.claim_headers)
         for p in out["providers"]:
             p["revoked_kids"] = sorted(p["revoked_kids"])
-        return _lists(out)
+        result: dict[str, Any] = _lists(out)
+        return result
 
 
 def _lists(v: Any) -> Any:
@@ -222,8 +223,9 @@ def _provider(path: str, raw: Any, index: int) -> Provider:
     sources = sum(1 for s in (jwks_url, jwks_file, discovery or None) if s)
     if sources != 1:
         raise ConfigError(
-            f"{path}", "set exactly one key source: jwks_url, jwks_file, or discovery: true"
-            + (f" (got {sources})" if sources else "")
+            f"{path}",
+            "set exactly one key source: jwks_url, jwks_file, or discovery: true"
+            + (f" (got {sources})" if sources else ""),
         )
     if discovery:
         _url(f"{path}.issuer", issuer)
@@ -235,14 +237,23 @@ def _provider(path: str, raw: Any, index: int) -> Provider:
             why = (
                 "symmetric algorithms are refused: a JWKS public key must never act as an HMAC secret"
                 if alg.upper().startswith("HS")
-                else "'none' is never accepted" if alg.lower() == "none" else "unknown algorithm"
+                else "'none' is never accepted"
+                if alg.lower() == "none"
+                else "unknown algorithm"
             )
             raise ConfigError(f"{path}.algorithms[{i}]", f"{alg!r}: {why} (allowed: {', '.join(ASYMMETRIC_ALGS)})")
     required = _strs(f"{path}.required_claims", m.get("required_claims", ["exp"]))
     revoked = frozenset(_strs(f"{path}.revoked_kids", m.get("revoked_kids", [])))
     return Provider(
-        name=name, issuer=issuer, audiences=audiences, jwks_url=jwks_url, jwks_file=jwks_file,
-        discovery=discovery, algorithms=algorithms, required_claims=required, revoked_kids=revoked,
+        name=name,
+        issuer=issuer,
+        audiences=audiences,
+        jwks_url=jwks_url,
+        jwks_file=jwks_file,
+        discovery=discovery,
+        algorithms=algorithms,
+        required_claims=required,
+        revoked_kids=revoked,
     )
 
 
@@ -252,19 +263,30 @@ def _cors(raw: Any) -> Cors:
     origins = _strs("cors.origins", m.get("origins", []))
     for i, o in enumerate(origins):
         if o != "*" and not re.match(r"^https?://[A-Za-z0-9.*-]+(:\d+)?$", o):
-            raise ConfigError(f"cors.origins[{i}]", f"{o!r} is not an origin (scheme://host[:port], '*' allowed in host)")
+            raise ConfigError(
+                f"cors.origins[{i}]", f"{o!r} is not an origin (scheme://host[:port], '*' allowed in host)"
+            )
     methods = tuple(x.upper() for x in _strs("cors.methods", m.get("methods", list(d.methods))))
-    headers = tuple(_header_name(f"cors.headers[{i}]", h) for i, h in enumerate(_strs("cors.headers", m.get("headers", list(d.headers)))))
+    headers = tuple(
+        _header_name(f"cors.headers[{i}]", h)
+        for i, h in enumerate(_strs("cors.headers", m.get("headers", list(d.headers))))
+    )
     expose = tuple(
         _header_name(f"cors.expose_headers[{i}]", h)
         for i, h in enumerate(_strs("cors.expose_headers", m.get("expose_headers", [])))
     )
     creds = _bool("cors.allow_credentials", m.get("allow_credentials", False))
     if creds and "*" in origins:
-        raise ConfigError("cors.allow_credentials", "cannot be true with origin '*' (browsers refuse it; name the origins)")
+        raise ConfigError(
+            "cors.allow_credentials", "cannot be true with origin '*' (browsers refuse it; name the origins)"
+        )
     return Cors(
-        origins=origins, methods=methods, headers=headers, expose_headers=expose,
-        max_age=_int("cors.max_age", m.get("max_age", d.max_age)), allow_credentials=creds,
+        origins=origins,
+        methods=methods,
+        headers=headers,
+        expose_headers=expose,
+        max_age=_int("cors.max_age", m.get("max_age", d.max_age)),
+        allow_credentials=creds,
     )
 
 
@@ -293,13 +315,19 @@ def _limits(raw: Any) -> Limits:
         max_token_bytes=_int("limits.max_token_bytes", m.get("max_token_bytes", d.max_token_bytes), minimum=256),
         max_header_bytes=_int("limits.max_header_bytes", m.get("max_header_bytes", d.max_header_bytes), minimum=1024),
         max_headers_total_bytes=_int(
-            "limits.max_headers_total_bytes", m.get("max_headers_total_bytes", d.max_headers_total_bytes), minimum=4096
+            "limits.max_headers_total_bytes",
+            m.get("max_headers_total_bytes", d.max_headers_total_bytes),
+            minimum=4096,
         ),
         max_body_bytes=_int("limits.max_body_bytes", m.get("max_body_bytes", d.max_body_bytes)),
         upstream_connect_timeout=_duration(
-            "limits.upstream_connect_timeout", m.get("upstream_connect_timeout", d.upstream_connect_timeout), minimum=0.1
+            "limits.upstream_connect_timeout",
+            m.get("upstream_connect_timeout", d.upstream_connect_timeout),
+            minimum=0.1,
         ),
-        upstream_timeout=_duration("limits.upstream_timeout", m.get("upstream_timeout", d.upstream_timeout), minimum=0.1),
+        upstream_timeout=_duration(
+            "limits.upstream_timeout", m.get("upstream_timeout", d.upstream_timeout), minimum=0.1
+        ),
         drain_timeout=_duration("limits.drain_timeout", m.get("drain_timeout", d.drain_timeout)),
     )
     if lim.max_token_bytes > lim.max_header_bytes:
@@ -357,9 +385,18 @@ def load(raw: Mapping[str, Any] | None) -> Config:
     if len(prefix) < 3:
         raise ConfigError("identity_header_prefix", "too short to be a namespace")
     public = _strs("public_paths", m.get("public_paths", []))
-    for i, p in enumerate(public):
-        if not p.startswith("/") or "%" in p or "/./" in p or "/../" in p or "//" in p or p.endswith(("/.", "/..")):
-            raise ConfigError(f"public_paths[{i}]", f"{p!r} must be a plain absolute path (no dot segments, '//' or %)")
+    for i, path in enumerate(public):
+        if (
+            not path.startswith("/")
+            or "%" in path
+            or "//" in path
+            or "/./" in path
+            or "/../" in path
+            or path.endswith(("/.", "/.."))
+        ):
+            raise ConfigError(
+                f"public_paths[{i}]", f"{path!r} must be a plain absolute path (no dot segments, '//' or %)"
+            )
     admin_actions = _str("admin_actions", m.get("admin_actions", d.admin_actions))
     if admin_actions not in ("off", "loopback", "on"):
         raise ConfigError("admin_actions", f"expected off, loopback or on, got {admin_actions!r}")

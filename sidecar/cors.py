@@ -19,7 +19,11 @@ class CorsPolicy:
         patterns = [o for o in cfg.origins if "*" in o and o != "*"]
         # `*` stands for one or more DNS labels' worth of [a-z0-9-], never for `.`-free tricks like `evil.com#`
         self._pattern = (
-            re.compile("|".join("(?:" + re.escape(p.lower()).replace(r"\*", r"[a-z0-9-]+(?:\.[a-z0-9-]+)*") + ")" for p in patterns))
+            re.compile(
+                "|".join(
+                    "(?:" + re.escape(p.lower()).replace(r"\*", r"[a-z0-9-]+(?:\.[a-z0-9-]+)*") + ")" for p in patterns
+                )
+            )
             if patterns
             else None
         )

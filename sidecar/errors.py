@@ -29,7 +29,7 @@ class Rejection(Exception):
 
 class AuthFailure(Rejection):
     status = 401
-    error = "invalid_token"
+    error: ClassVar[str | None] = "invalid_token"
     family = "auth"
 
 

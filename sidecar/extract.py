@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from multidict import CIMultiDictProxy, MultiDictProxy
+from multidict import CIMultiDictProxy, MultiMapping
 
 from sidecar.errors import Malformed, MissingToken, MultipleTokens, TokenTooLarge
 
 _TOKEN68 = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/=")
 
 
-def bearer_token(
-    headers: CIMultiDictProxy[str], query: MultiDictProxy[str], max_bytes: int
-) -> str:
+def bearer_token(headers: CIMultiDictProxy[str], query: MultiMapping[str], max_bytes: int) -> str:
     """The request's one bearer token. A token also in the query or sent twice is `multiple_tokens`."""
     values = headers.getall("Authorization", ())
     if len(values) > 1:
@@ -26,7 +24,7 @@ def bearer_token(
         raise MultipleTokens("a token in both the Authorization header and the query string")
     scheme, _, token = values[0].strip().partition(" ")
     if scheme.lower() != "bearer":
-        raise MissingToken(f"Authorization scheme is not Bearer")
+        raise MissingToken("Authorization scheme is not Bearer")
     token = token.strip(" ")
     if not token:
         raise Malformed("empty bearer token")

@@ -34,7 +34,12 @@ class FetchError(Exception):
 
 class ProviderKeys:
     def __init__(
-        self, provider: Provider, cfg: Jwks, clock: Clock, metrics: Metrics, session: aiohttp.ClientSession | None
+        self,
+        provider: Provider,
+        cfg: Jwks,
+        clock: Clock,
+        metrics: Metrics,
+        session: aiohttp.ClientSession | None,
     ) -> None:
         self.provider = provider
         self.cfg = cfg
@@ -109,13 +114,19 @@ class ProviderKeys:
         m.jwks_last_success.labels(name).set(wall)
         if changed:
             m.jwks_last_change.labels(name).set(wall)
-            log.info("jwks keys changed", extra={"provider": name, "kids": [k["kid"] for k in self.keys.describe(now)]})
+            log.info(
+                "jwks keys changed",
+                extra={"provider": name, "kids": [k["kid"] for k in self.keys.describe(now)]},
+            )
         return True
 
     def _failed(self, result: str, detail: str) -> bool:
         self.metrics.jwks_fetches.labels(self.provider.name, result).inc()
         self.last_error = detail
-        log.warning("jwks fetch failed; keeping last good keys", extra={"provider": self.provider.name, "error": detail})
+        log.warning(
+            "jwks fetch failed; keeping last good keys",
+            extra={"provider": self.provider.name, "error": detail},
+        )
         return False
 
     async def refetch_unknown_kid(self, kid: str | None) -> bool:

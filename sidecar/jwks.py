@@ -48,6 +48,8 @@ def _vet(jwk: Any, allowed: frozenset[str]) -> Key | str:
     if ops is not None and (not isinstance(ops, list) or "verify" not in ops):
         return "enc"
     public = {k: v for k, v in jwk.items() if k not in _PRIVATE_MEMBERS}
+    key: Any
+    algs: frozenset[str]
     try:
         if kty == "RSA":
             algs, key = RSA_ALGS, RSAAlgorithm.from_jwk(json.dumps(public))
@@ -64,7 +66,7 @@ def _vet(jwk: Any, allowed: frozenset[str]) -> Key | str:
             algs, key = frozenset({"EdDSA"}), OKPAlgorithm.from_jwk(json.dumps(public))
         else:
             return "unsupported"
-    except Exception:  # noqa: BLE001 - any parse failure of untrusted input means "invalid", never a crash
+    except Exception:
         return "invalid"
     declared = jwk.get("alg")
     if declared is not None:
@@ -158,7 +160,13 @@ class KeySet:
             {"kid": k.kid, "kty": k.kty, "algs": sorted(k.algs), "state": "current"} for k in self._current.values()
         ]
         out += [
-            {"kid": k.kid, "kty": k.kty, "algs": sorted(k.algs), "state": "retired", "retained_for": round(until - now, 1)}
+            {
+                "kid": k.kid,
+                "kty": k.kty,
+                "algs": sorted(k.algs),
+                "state": "retired",
+                "retained_for": round(until - now, 1),
+            }
             for k, until in self._retired.values()
             if until > now
         ]

@@ -25,65 +25,87 @@ class Metrics:
             "sidecar_auth_grace_accepted", "Expired tokens accepted inside expired_grace", registry=r
         )
         self.future_iat = Counter(
-            "sidecar_auth_future_iat", "Tokens whose iat was beyond leeway in the future (clock skew)", registry=r
+            "sidecar_auth_future_iat",
+            "Tokens whose iat was beyond leeway in the future (clock skew)",
+            registry=r,
         )
         self.public_requests = Counter(
             "sidecar_public_requests", "Requests forwarded without a token on a public path", registry=r
         )
         self.requests_rejected = Counter(
-            "sidecar_requests_rejected", "Malformed HTTP requests answered by the sidecar, by reason", ["reason"],
+            "sidecar_requests_rejected",
+            "Malformed HTTP requests answered by the sidecar, by reason",
+            ["reason"],
             registry=r,
         )
         self.cors_preflights = Counter(
             "sidecar_cors_preflights", "CORS preflights answered, by result", ["result"], registry=r
         )
-        self.upstream_errors = Counter(
-            "sidecar_upstream_errors", "Upstream faults, by kind", ["kind"], registry=r
-        )
+        self.upstream_errors = Counter("sidecar_upstream_errors", "Upstream faults, by kind", ["kind"], registry=r)
         self.in_flight = Gauge("sidecar_requests_in_flight", "Requests being handled", registry=r)
         self.validation_seconds = Histogram(
-            "sidecar_validation_duration_seconds", "Time to check a token (cache hit or full verify)",
-            buckets=_VALIDATION_BUCKETS, registry=r,
+            "sidecar_validation_duration_seconds",
+            "Time to check a token (cache hit or full verify)",
+            buckets=_VALIDATION_BUCKETS,
+            registry=r,
         )
         self.upstream_seconds = Histogram(
-            "sidecar_upstream_duration_seconds", "Time until the app's response headers arrived",
-            buckets=_UPSTREAM_BUCKETS, registry=r,
+            "sidecar_upstream_duration_seconds",
+            "Time until the app's response headers arrived",
+            buckets=_UPSTREAM_BUCKETS,
+            registry=r,
         )
         self.token_cache = Counter(
             "sidecar_token_cache_lookups", "Verified-token cache lookups, by result", ["result"], registry=r
         )
         self.jwks_fetches = Counter(
-            "sidecar_jwks_fetches", "JWKS and discovery fetches, by provider and result", ["provider", "result"],
+            "sidecar_jwks_fetches",
+            "JWKS and discovery fetches, by provider and result",
+            ["provider", "result"],
             registry=r,
         )
         self.jwks_keys = Gauge("sidecar_jwks_keys_loaded", "Usable keys, by provider", ["provider"], registry=r)
         self.jwks_keys_ignored = Counter(
-            "sidecar_jwks_keys_ignored", "JWKS entries never used, by provider and reason", ["provider", "reason"],
+            "sidecar_jwks_keys_ignored",
+            "JWKS entries never used, by provider and reason",
+            ["provider", "reason"],
             registry=r,
         )
         self.jwks_age = Gauge(
-            "sidecar_jwks_age_seconds", "Seconds since the key set was last fetched successfully", ["provider"],
+            "sidecar_jwks_age_seconds",
+            "Seconds since the key set was last fetched successfully",
+            ["provider"],
             registry=r,
         )
         self.jwks_stale = Gauge(
-            "sidecar_jwks_stale_seconds", "Seconds the key set is past its refresh time (0 when fresh)",
-            ["provider"], registry=r,
+            "sidecar_jwks_stale_seconds",
+            "Seconds the key set is past its refresh time (0 when fresh)",
+            ["provider"],
+            registry=r,
         )
         self.jwks_last_success = Gauge(
-            "sidecar_jwks_last_success_timestamp_seconds", "Wall time of the last successful fetch", ["provider"],
+            "sidecar_jwks_last_success_timestamp_seconds",
+            "Wall time of the last successful fetch",
+            ["provider"],
             registry=r,
         )
         self.jwks_last_change = Gauge(
-            "sidecar_jwks_last_change_timestamp_seconds", "Wall time the set of kids last changed", ["provider"],
+            "sidecar_jwks_last_change_timestamp_seconds",
+            "Wall time the set of kids last changed",
+            ["provider"],
             registry=r,
         )
         self.jwks_refetches = Counter(
-            "sidecar_jwks_unknown_kid_refetches", "Refetches asked for by an unknown kid, by outcome",
-            ["provider", "outcome"], registry=r,
+            "sidecar_jwks_unknown_kid_refetches",
+            "Refetches asked for by an unknown kid, by outcome",
+            ["provider", "outcome"],
+            registry=r,
         )
         self.clock_skew = Gauge(
-            "sidecar_clock_skew_seconds", "This host's clock minus the IdP's (from JWKS Date headers)",
-            ["provider"], registry=r,
+            "sidecar_clock_skew_seconds",
+            "This host's clock minus the IdP's (from JWKS Date headers)",
+            ["provider"],
+            registry=r,
         )
         self.ready = Gauge("sidecar_ready", "1 when every provider has usable keys", registry=r)
         for reason in AUTH_REASONS:

@@ -64,8 +64,13 @@ async def forward(
     started = loop.time()
     try:
         async with session.request(
-            request.method, URL(base + path_qs, encoded=True), headers=headers, data=body.chunks() if body else None,
-            allow_redirects=False, compress=None, chunked=None,
+            request.method,
+            URL(base + path_qs, encoded=True),
+            headers=headers,
+            data=body.chunks() if body else None,
+            allow_redirects=False,
+            compress=None,
+            chunked=None,
         ) as resp:
             metrics.upstream_seconds.observe(loop.time() - started)
             out = web.StreamResponse(status=resp.status, reason=resp.reason)

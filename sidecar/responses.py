@@ -52,7 +52,7 @@ def token_context(token: str | None, fingerprint: str | None = None) -> dict[str
         ctx["alg"] = str(header.get("alg"))[:16]
         iss = jwt.decode(token, options={"verify_signature": False}).get("iss")
         ctx["iss"] = iss[:200] if isinstance(iss, str) else None
-    except Exception:  # noqa: BLE001 - a log field must never turn a 401 into a 500
+    except Exception:
         pass
     return ctx
 
@@ -62,7 +62,9 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, object] = {
-            "ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
             "msg": record.getMessage(),
         }
         out.update({k: v for k, v in record.__dict__.items() if k not in self._SKIP})

@@ -27,8 +27,14 @@ from sidecar.token_cache import TokenCache, VerifiedToken
 # itself, or change how the payload is read. We never follow them; `crit`/`b64`/`zip` are refused.
 _REFUSED_HEADER = ("crit", "b64", "zip", "enc")
 _PYJWT_OPTIONS_BASE = {
-    "verify_signature": True, "verify_exp": False, "verify_nbf": False, "verify_iat": False,
-    "verify_aud": False, "verify_iss": False, "verify_sub": False, "verify_jti": False,
+    "verify_signature": True,
+    "verify_exp": False,
+    "verify_nbf": False,
+    "verify_iat": False,
+    "verify_aud": False,
+    "verify_iss": False,
+    "verify_sub": False,
+    "verify_jti": False,
 }
 
 
@@ -76,9 +82,7 @@ class Verifier:
         self.grace = cfg.expired_grace
         self._by_issuer = {p.issuer: i for i, p in enumerate(cfg.providers)}
         self._jwt = jwt.PyJWT()
-        self._options = [
-            {**_PYJWT_OPTIONS_BASE, "require": list(p.required_claims)} for p in cfg.providers
-        ]
+        self._options = [{**_PYJWT_OPTIONS_BASE, "require": list(p.required_claims)} for p in cfg.providers]
 
     def times(self, t: VerifiedToken, now: float) -> float | None:
         """Seconds past `exp` when accepted inside grace, else None. Raises for expired/nbf/iat."""
@@ -87,7 +91,9 @@ class Verifier:
             raise errors.NotYetValid(f"valid from {t.nbf:.0f}, now {now:.0f} (leeway {leeway:g}s)")
         if t.iat is not None and t.iat > now + leeway:
             self.metrics.future_iat.inc()
-            raise errors.IssuedInFuture(f"iat {t.iat:.0f} is {t.iat - now:.0f}s ahead of this host (leeway {leeway:g}s)")
+            raise errors.IssuedInFuture(
+                f"iat {t.iat:.0f} is {t.iat - now:.0f}s ahead of this host (leeway {leeway:g}s)"
+            )
         if t.exp is None:
             return None
         past = now - t.exp
@@ -150,7 +156,9 @@ class Verifier:
         if key is None and kid is not None and await pk.refetch_unknown_kid(kid):
             key = pk.key_for(kid)
         if key is None:
-            raise errors.UnknownKid("no trusted key has this kid" if kid else "the token has no kid and the key set has several keys")
+            raise errors.UnknownKid(
+                "no trusted key has this kid" if kid else "the token has no kid and the key set has several keys"
+            )
         if alg not in key.algs:
             raise errors.UnsupportedAlg(f"alg {alg!r} does not fit the {key.kty} key {kid!r}")
         try:
@@ -188,9 +196,17 @@ class Verifier:
             if name in claims and not isinstance(claims[name], str):
                 raise errors.InvalidClaim(f"{name} must be a string")
         headers = tuple(
-            (name, value) for name, path in self.cfg.claim_headers if (value := render(claim_value(claims, path))) is not None
+            (name, value)
+            for name, path in self.cfg.claim_headers
+            if (value := render(claim_value(claims, path))) is not None
         )
         return VerifiedToken(
-            provider=index, kid=kid, iss=iss, exp=exp, nbf=nbf, iat=iat, claim_headers=headers,
+            provider=index,
+            kid=kid,
+            iss=iss,
+            exp=exp,
+            nbf=nbf,
+            iat=iat,
+            claim_headers=headers,
             fingerprint=digest[:6].hex(),
         )

@@ -43,10 +43,29 @@ def upstream() -> Iterator[Upstream]:
 
 def sidecar_args(issuer: DevIssuer, upstream: Upstream, *extra: str) -> list[str]:
     return [
-        "--upstream", upstream.url, "--jwks-url", f"{issuer.issuer}/jwks.json", "--issuer", issuer.issuer,
-        "--audience", AUDIENCE, "--leeway", "60", "--expired-grace", "300", "--public-path", "/public",
-        "--claim-header", "X-Auth-Subject=sub", "--claim-header", "X-Auth-Roles=realm_access.roles",
-        "--cors-origin", ORIGIN, "--log-level", "info", *extra,
+        "--upstream",
+        upstream.url,
+        "--jwks-url",
+        f"{issuer.issuer}/jwks.json",
+        "--issuer",
+        issuer.issuer,
+        "--audience",
+        AUDIENCE,
+        "--leeway",
+        "60",
+        "--expired-grace",
+        "300",
+        "--public-path",
+        "/public",
+        "--claim-header",
+        "X-Auth-Subject=sub",
+        "--claim-header",
+        "X-Auth-Roles=realm_access.roles",
+        "--cors-origin",
+        ORIGIN,
+        "--log-level",
+        "info",
+        *extra,
     ]
 
 
@@ -117,8 +136,11 @@ async def make_sidecar(aiohttp_client: Any, upstream: Upstream) -> MakeSidecar:
         raw = {
             "upstream": upstream.url,
             "providers": [{"issuer": issuer.issuer, "audiences": [AUDIENCE], "jwks_url": f"{issuer.issuer}/jwks.json"}],
-            "leeway": 60, "expired_grace": 300, "public_paths": ["/public"],
-            "claim_headers": {"X-Auth-Subject": "sub"}, "cors": {"origins": [ORIGIN]},
+            "leeway": 60,
+            "expired_grace": 300,
+            "public_paths": ["/public"],
+            "claim_headers": {"X-Auth-Subject": "sub"},
+            "cors": {"origins": [ORIGIN]},
         }
         clock = FakeClock(time.time())
         state = build_state(load(_merge(raw, overrides)), clock)

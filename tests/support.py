@@ -87,8 +87,12 @@ class Reply:
 
 
 def request(
-    url: str, method: str = "GET", path: str = "/", headers: list[tuple[str, str]] | Mapping[str, str] | None = None,
-    body: bytes | None = None, timeout: float = 10,
+    url: str,
+    method: str = "GET",
+    path: str = "/",
+    headers: list[tuple[str, str]] | Mapping[str, str] | None = None,
+    body: bytes | None = None,
+    timeout: float = 10,
 ) -> Reply:
     """One HTTP/1.1 request via http.client; headers may repeat (a list of pairs)."""
     host = url.split("//", 1)[1]
@@ -130,7 +134,11 @@ class SidecarProcess:
         self.port = free_port()
         self.admin_port = free_port()
         self.args = [
-            "--listen", f"127.0.0.1:{self.port}", "--admin-listen", f"127.0.0.1:{self.admin_port}", *args,
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--admin-listen",
+            f"127.0.0.1:{self.admin_port}",
+            *args,
         ]
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -148,8 +156,11 @@ class SidecarProcess:
         self._log.parent.mkdir(exist_ok=True)
         self.log_file = open(self._log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sidecar", "run", *self.args], stdout=self.log_file, stderr=subprocess.STDOUT,
-            env=self.env, cwd=ROOT,
+            [sys.executable, "-m", "sidecar", "run", *self.args],
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=ROOT,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -19,10 +19,16 @@ def run_args(*argv: str) -> object:
 
 def test_flags_beat_environment_which_beats_the_file(tmp_path: Path) -> None:
     f = tmp_path / "c.yaml"
-    f.write_text(yaml.safe_dump({
-        "leeway": 10, "expired_grace": 5, "jwks": {"refresh": "1m"},
-        "providers": [{"issuer": "https://file", "audiences": ["a"], "jwks_file": "/k.json"}],
-    }))
+    f.write_text(
+        yaml.safe_dump(
+            {
+                "leeway": 10,
+                "expired_grace": 5,
+                "jwks": {"refresh": "1m"},
+                "providers": [{"issuer": "https://file", "audiences": ["a"], "jwks_file": "/k.json"}],
+            }
+        )
+    )
     env = {"SIDECAR_LEEWAY": "20", "SIDECAR_EXPIRED_GRACE": "7", "SIDECAR_AUDIENCE": "x,y"}
     cfg = build_config(run_args("--config", str(f), "--leeway", "30", "--jwks-url", "https://flag/jwks"), env)
     assert cfg.leeway == 30  # flag
@@ -35,11 +41,20 @@ def test_flags_beat_environment_which_beats_the_file(tmp_path: Path) -> None:
 
 def test_every_flag_has_an_environment_twin() -> None:
     env = {
-        "SIDECAR_ISSUER": "https://env", "SIDECAR_AUDIENCE": "api", "SIDECAR_JWKS_URL": "https://env/jwks",
-        "SIDECAR_JWKS_REFRESH": "2m", "SIDECAR_JWKS_MAX_STALE": "1h", "SIDECAR_JWKS_REFETCH_COOLDOWN": "10s",
-        "SIDECAR_KEY_RETENTION": "2h", "SIDECAR_PUBLIC_PATH": "/a,/b", "SIDECAR_CLAIM_HEADER": "X-Auth-Sub=sub",
-        "SIDECAR_CORS_ORIGIN": "https://x.example", "SIDECAR_STRIP_AUTHORIZATION": "true",
-        "SIDECAR_ALGORITHMS": "RS256,ES256", "SIDECAR_LISTEN": "127.0.0.1:1", "SIDECAR_ADMIN_LISTEN": "127.0.0.1:2",
+        "SIDECAR_ISSUER": "https://env",
+        "SIDECAR_AUDIENCE": "api",
+        "SIDECAR_JWKS_URL": "https://env/jwks",
+        "SIDECAR_JWKS_REFRESH": "2m",
+        "SIDECAR_JWKS_MAX_STALE": "1h",
+        "SIDECAR_JWKS_REFETCH_COOLDOWN": "10s",
+        "SIDECAR_KEY_RETENTION": "2h",
+        "SIDECAR_PUBLIC_PATH": "/a,/b",
+        "SIDECAR_CLAIM_HEADER": "X-Auth-Sub=sub",
+        "SIDECAR_CORS_ORIGIN": "https://x.example",
+        "SIDECAR_STRIP_AUTHORIZATION": "true",
+        "SIDECAR_ALGORITHMS": "RS256,ES256",
+        "SIDECAR_LISTEN": "127.0.0.1:1",
+        "SIDECAR_ADMIN_LISTEN": "127.0.0.1:2",
     }
     cfg = build_config(run_args(), env)
     assert cfg.jwks.refresh == 120 and cfg.jwks.max_stale == 3600 and cfg.jwks.refetch_cooldown == 10
@@ -49,13 +64,21 @@ def test_every_flag_has_an_environment_twin() -> None:
 
 
 def sidecar(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sidecar", *argv], capture_output=True, text=True, timeout=30,
-                          cwd=ROOT, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", *argv],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+        env=env,
+    )
 
 
 def test_bad_config_exits_2_with_the_key_path_and_problem(tmp_path: Path) -> None:
     f = tmp_path / "bad.yaml"
-    f.write_text("providers:\n  - issuer: https://x\n    audiences: [a]\n    jwks_url: https://x/j\n    algorithms: [HS256]\n")
+    f.write_text(
+        "providers:\n  - issuer: https://x\n    audiences: [a]\n    jwks_url: https://x/j\n    algorithms: [HS256]\n"
+    )
     r = sidecar("check-config", str(f))
     assert r.returncode == 2
     assert r.stderr.startswith("config error: providers[0].algorithms[0]: 'HS256': symmetric algorithms are refused")

@@ -62,14 +62,26 @@ def test_config_objects_are_frozen() -> None:
         (with_(listen="8000"), "listen", "HOST:PORT"),
         (with_(upstream="http://app:8080/base"), "upstream", "scheme://host:port only"),
         (with_(claim_headers={"X-User": "sub"}), "claim_headers.X-User", "identity_header_prefix"),
-        (with_(claim_headers={"X-Auth Bad": "sub"}), "claim_headers.X-Auth Bad", "not a valid HTTP header name"),
+        (
+            with_(claim_headers={"X-Auth Bad": "sub"}),
+            "claim_headers.X-Auth Bad",
+            "not a valid HTTP header name",
+        ),
         (with_(claim_headers=["X-Auth-Sub"]), "claim_headers[0]", "NAME=CLAIM"),
         (with_(public_paths=["/a/../b"]), "public_paths[0]", "plain absolute path"),
         (with_(public_paths=["public"]), "public_paths[0]", "plain absolute path"),
-        (with_(cors={"origins": ["*"], "allow_credentials": True}), "cors.allow_credentials", "cannot be true"),
+        (
+            with_(cors={"origins": ["*"], "allow_credentials": True}),
+            "cors.allow_credentials",
+            "cannot be true",
+        ),
         (with_(cors={"origins": ["localhost:3000"]}), "cors.origins[0]", "not an origin"),
         (with_(admin_actions="sometimes"), "admin_actions", "off, loopback or on"),
-        (with_(providers=[BASE["providers"][0], BASE["providers"][0]]), "providers[1].issuer", "already used"),
+        (
+            with_(providers=[BASE["providers"][0], BASE["providers"][0]]),
+            "providers[1].issuer",
+            "already used",
+        ),
         (with_(providers="x"), "providers", "list"),
     ],
 )
@@ -82,7 +94,12 @@ def test_a_bad_config_names_the_exact_key_and_problem(raw: dict[str, Any], path:
 
 def test_durations_accept_numbers_and_units() -> None:
     cfg = load(with_(leeway="1m", expired_grace=90, jwks={"max_stale": "2d", "fetch_timeout": "1500ms"}))
-    assert (cfg.leeway, cfg.expired_grace, cfg.jwks.max_stale, cfg.jwks.fetch_timeout) == (60, 90, 172800, 1.5)
+    assert (cfg.leeway, cfg.expired_grace, cfg.jwks.max_stale, cfg.jwks.fetch_timeout) == (
+        60,
+        90,
+        172800,
+        1.5,
+    )
 
 
 def test_effective_config_round_trips() -> None:

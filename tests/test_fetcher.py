@@ -115,7 +115,12 @@ async def test_each_kind_of_fetch_failure_keeps_the_last_good_keys_and_is_counte
 ) -> None:
     sc = await make_sidecar(fresh_issuer, jwks={"fetch_timeout": "0.3s", "max_bytes": 4096})
     pk = sc.state.keys[0]
-    for mode, result in (("500", "http_error"), ("garbage", "invalid"), ("empty", "invalid"), ("hang", "timeout")):
+    for mode, result in (
+        ("500", "http_error"),
+        ("garbage", "invalid"),
+        ("empty", "invalid"),
+        ("hang", "timeout"),
+    ):
         fresh_issuer.outage = mode
         assert await pk.refresh() is False, mode
         assert fetches(sc, result) >= 1, mode
@@ -158,9 +163,7 @@ async def test_a_cached_token_of_a_retired_key_stops_when_retention_ends(
     assert await status_of(sc, token) == (401, "unknown_kid")
 
 
-async def test_readiness_follows_key_availability_at_start(
-    fresh_issuer: DevIssuer, make_sidecar: MakeSidecar
-) -> None:
+async def test_readiness_follows_key_availability_at_start(fresh_issuer: DevIssuer, make_sidecar: MakeSidecar) -> None:
     fresh_issuer.outage = "500"
     sc = await make_sidecar(fresh_issuer, wait=False)
     await asyncio.sleep(0.1)
@@ -193,8 +196,12 @@ async def test_weak_symmetric_and_encryption_keys_are_never_used(
     assert await status_of(sc, fresh_issuer.mint(key=enc, now=sc.clock.now())) == (401, "unknown_kid")
     import jwt
 
-    forged = jwt.encode({"iss": fresh_issuer.issuer, "aud": "demo-api", "exp": sc.clock.now() + 60}, "secret",
-                        algorithm="HS256", headers={"kid": "hmac"})
+    forged = jwt.encode(
+        {"iss": fresh_issuer.issuer, "aud": "demo-api", "exp": sc.clock.now() + 60},
+        "secret",
+        algorithm="HS256",
+        headers={"kid": "hmac"},
+    )
     assert await status_of(sc, forged) == (401, "unsupported_alg")
 
 
@@ -203,7 +210,11 @@ async def test_cache_control_max_age_is_honoured_within_bounds(
 ) -> None:
     sc = await make_sidecar(fresh_issuer)
     pk = sc.state.keys[0]
-    for header, expected in (("max-age=10", 60.0), ("public, max-age=900", 900.0), ("max-age=999999", 3600.0)):
+    for header, expected in (
+        ("max-age=10", 60.0),
+        ("public, max-age=900", 900.0),
+        ("max-age=999999", 3600.0),
+    ):
         fresh_issuer.cache_control = header
         assert await pk.refresh()
         assert pk.fresh_for == expected
@@ -213,9 +224,10 @@ async def test_cache_control_max_age_is_honoured_within_bounds(
 async def test_discovery_finds_the_jwks_uri_and_checks_the_issuer(
     fresh_issuer: DevIssuer, make_sidecar: MakeSidecar
 ) -> None:
-    sc = await make_sidecar(fresh_issuer, providers=[
-        {"issuer": fresh_issuer.issuer, "audiences": ["demo-api"], "discovery": True}
-    ])
+    sc = await make_sidecar(
+        fresh_issuer,
+        providers=[{"issuer": fresh_issuer.issuer, "audiences": ["demo-api"], "discovery": True}],
+    )
     assert sc.state.keys[0].jwks_url == f"{fresh_issuer.issuer}/jwks.json"
     assert await status_of(sc, fresh_issuer.mint(now=sc.clock.now())) == (200, None)
 
@@ -225,9 +237,9 @@ async def test_discovery_finds_the_jwks_uri_and_checks_the_issuer(
 
     server = ThreadedServer(liar.app())
     try:
-        bad = await make_sidecar(liar, wait=False, providers=[
-            {"issuer": server.url, "audiences": ["demo-api"], "discovery": True}
-        ])
+        bad = await make_sidecar(
+            liar, wait=False, providers=[{"issuer": server.url, "audiences": ["demo-api"], "discovery": True}]
+        )
         assert await bad.state.keys[0].refresh() is False
         assert "issuer does not match" in (bad.state.keys[0].last_error or "")
     finally:
@@ -268,10 +280,17 @@ async def test_an_admin_can_revoke_a_key_at_once_even_for_cached_tokens(
 async def test_revoked_kids_in_config_are_never_trusted(fresh_issuer: DevIssuer, make_sidecar: MakeSidecar) -> None:
     bad = new_key("RS256", kid="compromised")
     fresh_issuer.keys.append(bad)
-    sc = await make_sidecar(fresh_issuer, providers=[{
-        "issuer": fresh_issuer.issuer, "audiences": ["demo-api"], "jwks_url": f"{fresh_issuer.issuer}/jwks.json",
-        "revoked_kids": ["compromised"],
-    }])
+    sc = await make_sidecar(
+        fresh_issuer,
+        providers=[
+            {
+                "issuer": fresh_issuer.issuer,
+                "audiences": ["demo-api"],
+                "jwks_url": f"{fresh_issuer.issuer}/jwks.json",
+                "revoked_kids": ["compromised"],
+            }
+        ],
+    )
     assert await status_of(sc, fresh_issuer.mint(key=bad, now=sc.clock.now())) == (401, "unknown_kid")
     assert await status_of(sc, fresh_issuer.mint(now=sc.clock.now())) == (200, None)
 

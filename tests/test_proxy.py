@@ -32,9 +32,7 @@ async def test_a_large_request_body_is_streamed_to_the_app_intact(
     assert (await r.json())["body_sha_prefix"] == hashlib.sha256(body).hexdigest()[:16]
 
 
-async def test_a_large_chunked_response_is_streamed_back_intact(
-    issuer: DevIssuer, make_sidecar: MakeSidecar
-) -> None:
+async def test_a_large_chunked_response_is_streamed_back_intact(issuer: DevIssuer, make_sidecar: MakeSidecar) -> None:
     sc = await make_sidecar(issuer)
     r = await sc.client.get("/big?echo_bytes=3000000", headers=auth(issuer, sc.clock.now()))
     assert r.status == 200
@@ -48,9 +46,14 @@ async def test_hop_by_hop_and_connection_named_headers_never_reach_the_app(
     token = issuer.mint(now=sc.clock.now())
     upstream.clear()
     headers = {
-        "Authorization": f"Bearer {token}", "Keep-Alive": "timeout=5", "TE": "trailers", "Trailer": "X-T",
-        "Proxy-Authorization": "Basic eA==", "Proxy-Connection": "keep-alive",
-        "Connection": "keep-alive, X-Secret, X-Forwarded-For, Authorization, X-Auth-Subject", "X-Secret": "1",
+        "Authorization": f"Bearer {token}",
+        "Keep-Alive": "timeout=5",
+        "TE": "trailers",
+        "Trailer": "X-T",
+        "Proxy-Authorization": "Basic eA==",
+        "Proxy-Connection": "keep-alive",
+        "Connection": "keep-alive, X-Secret, X-Forwarded-For, Authorization, X-Auth-Subject",
+        "X-Secret": "1",
         "X-Forwarded-For": "203.0.113.9",
     }
     r = await sc.client.get("/h", headers=headers)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from sidecar.devtools.issuer import DevIssuer
 from tests.conftest import Upstream
 from tests.support import SidecarProcess, request
-from sidecar.devtools.issuer import DevIssuer
 
 
 def test_valid_token_reaches_the_app_with_authorization_intact(

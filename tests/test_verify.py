@@ -51,7 +51,9 @@ async def test_token_expired_beyond_leeway_and_grace_is_rejected_as_expired(
     token = issuer.mint(now=sc.clock.now() - 1000, ttl=1000 - (LEEWAY + GRACE + 1))
     r = await sc.get(token=token)
     assert r.status == 401
-    assert r.headers["WWW-Authenticate"].startswith('Bearer realm="sidecar", error="invalid_token", error_description="expired')
+    assert r.headers["WWW-Authenticate"].startswith(
+        'Bearer realm="sidecar", error="invalid_token", error_description="expired'
+    )
     assert (await r.json())["reason"] == "expired"
     assert sc.metric("sidecar_auth_failures_total", reason="expired") == 1
 
@@ -154,10 +156,17 @@ async def test_registered_claims_of_the_wrong_json_type_are_rejected(
 
 
 async def test_exp_may_be_optional_when_required_claims_say_so(issuer: DevIssuer, make_sidecar: MakeSidecar) -> None:
-    sc = await make_sidecar(issuer, providers=[{
-        "issuer": issuer.issuer, "audiences": ["demo-api"], "jwks_url": f"{issuer.issuer}/jwks.json",
-        "required_claims": [],
-    }])
+    sc = await make_sidecar(
+        issuer,
+        providers=[
+            {
+                "issuer": issuer.issuer,
+                "audiences": ["demo-api"],
+                "jwks_url": f"{issuer.issuer}/jwks.json",
+                "required_claims": [],
+            }
+        ],
+    )
     assert await reason(sc, issuer.mint(now=sc.clock.now(), exp=None)) is None
 
 
@@ -165,11 +174,23 @@ async def test_tokens_are_routed_to_their_provider_by_iss(
     issuer: DevIssuer, fresh_issuer: DevIssuer, make_sidecar: MakeSidecar
 ) -> None:
     fresh_issuer.audience = "other-api"
-    sc = await make_sidecar(issuer, providers=[
-        {"name": "a", "issuer": issuer.issuer, "audiences": ["demo-api"], "jwks_url": f"{issuer.issuer}/jwks.json"},
-        {"name": "b", "issuer": fresh_issuer.issuer, "audiences": ["other-api"],
-         "jwks_url": f"{fresh_issuer.issuer}/jwks.json"},
-    ])
+    sc = await make_sidecar(
+        issuer,
+        providers=[
+            {
+                "name": "a",
+                "issuer": issuer.issuer,
+                "audiences": ["demo-api"],
+                "jwks_url": f"{issuer.issuer}/jwks.json",
+            },
+            {
+                "name": "b",
+                "issuer": fresh_issuer.issuer,
+                "audiences": ["other-api"],
+                "jwks_url": f"{fresh_issuer.issuer}/jwks.json",
+            },
+        ],
+    )
     now = sc.clock.now()
     assert await reason(sc, issuer.mint(now=now)) is None
     assert await reason(sc, fresh_issuer.mint(now=now)) is None
@@ -181,12 +202,18 @@ async def test_tokens_are_routed_to_their_provider_by_iss(
 async def test_claim_headers_come_from_verified_claims_nested_and_without_cr_lf(
     issuer: DevIssuer, upstream: Upstream, make_sidecar: MakeSidecar
 ) -> None:
-    sc = await make_sidecar(issuer, claim_headers={
-        "X-Auth-Subject": "sub", "X-Auth-Roles": "realm_access.roles", "X-Auth-Email": "email",
-        "X-Auth-Org": "org",
-    })
-    token = issuer.mint(now=sc.clock.now(), sub="eve\r\nX-Admin: true", realm_access={"roles": ["a", "b"]},
-                        org={"id": 7})
+    sc = await make_sidecar(
+        issuer,
+        claim_headers={
+            "X-Auth-Subject": "sub",
+            "X-Auth-Roles": "realm_access.roles",
+            "X-Auth-Email": "email",
+            "X-Auth-Org": "org",
+        },
+    )
+    token = issuer.mint(
+        now=sc.clock.now(), sub="eve\r\nX-Admin: true", realm_access={"roles": ["a", "b"]}, org={"id": 7}
+    )
     upstream.clear()
     assert await reason(sc, token) is None
     seen = dict(upstream.record[-1]["headers"])
@@ -206,18 +233,30 @@ def test_claim_lookup_prefers_an_exact_name_with_dots_over_a_nested_path() -> No
     assert render("tab\there") == "tab here"
 
 
-async def test_an_unusable_provider_does_not_block_another(
-    issuer: DevIssuer, make_sidecar: MakeSidecar
-) -> None:
+async def test_an_unusable_provider_does_not_block_another(issuer: DevIssuer, make_sidecar: MakeSidecar) -> None:
     down = DevIssuer(audience="demo-api")
     server = ThreadedServer(down.app())
     down.issuer = server.url
     down.outage = "500"
     try:
-        sc = await make_sidecar(issuer, wait=False, providers=[
-            {"name": "a", "issuer": issuer.issuer, "audiences": ["demo-api"], "jwks_url": f"{issuer.issuer}/jwks.json"},
-            {"name": "b", "issuer": down.issuer, "audiences": ["demo-api"], "jwks_url": f"{down.issuer}/jwks.json"},
-        ])
+        sc = await make_sidecar(
+            issuer,
+            wait=False,
+            providers=[
+                {
+                    "name": "a",
+                    "issuer": issuer.issuer,
+                    "audiences": ["demo-api"],
+                    "jwks_url": f"{issuer.issuer}/jwks.json",
+                },
+                {
+                    "name": "b",
+                    "issuer": down.issuer,
+                    "audiences": ["demo-api"],
+                    "jwks_url": f"{down.issuer}/jwks.json",
+                },
+            ],
+        )
         import asyncio
 
         for _ in range(100):

@@ -6,6 +6,7 @@ Prints curl lines that show the main behaviours, then serves until Ctrl-C (or SI
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shlex
 import socket
 import time
@@ -43,18 +44,29 @@ def curl_lines(url: str, admin: str, issuer: DevIssuer) -> list[tuple[str, str]]
     grace = issuer.mint(sub="carol", ttl=-(LEEWAY + 60), now=now)  # 2 minutes past exp: inside the grace window
     q = shlex.quote
     return [
-        ("valid token -> 200, the echo shows Authorization arrived",
-         f"curl -s {q(url + '/api/hello')} -H {q('Authorization: Bearer ' + valid)}"),
-        ("expired token -> 401 with reason 'expired'",
-         f"curl -si {q(url + '/api/hello')} -H {q('Authorization: Bearer ' + expired)}"),
-        (f"token 2 min past exp, inside leeway {LEEWAY}s + grace {GRACE}s -> 200 with X-Auth-Token-Expired-Seconds",
-         f"curl -s {q(url + '/api/hello')} -H {q('Authorization: Bearer ' + grace)}"),
+        (
+            "valid token -> 200, the echo shows Authorization arrived",
+            f"curl -s {q(url + '/api/hello')} -H {q('Authorization: Bearer ' + valid)}",
+        ),
+        (
+            "expired token -> 401 with reason 'expired'",
+            f"curl -si {q(url + '/api/hello')} -H {q('Authorization: Bearer ' + expired)}",
+        ),
+        (
+            f"token 2 min past exp, inside leeway {LEEWAY}s + grace {GRACE}s -> 200 with X-Auth-Token-Expired-Seconds",
+            f"curl -s {q(url + '/api/hello')} -H {q('Authorization: Bearer ' + grace)}",
+        ),
         ("no token -> 401 missing_token", f"curl -si {q(url + '/api/hello')}"),
-        ("CORS preflight from an allowed origin -> 204, no token needed",
-         f"curl -si -X OPTIONS {q(url + '/api/hello')} -H {q('Origin: ' + ORIGIN)} "
-         f"-H 'Access-Control-Request-Method: GET' -H 'Access-Control-Request-Headers: authorization'"),
+        (
+            "CORS preflight from an allowed origin -> 204, no token needed",
+            f"curl -si -X OPTIONS {q(url + '/api/hello')} -H {q('Origin: ' + ORIGIN)} "
+            f"-H 'Access-Control-Request-Method: GET' -H 'Access-Control-Request-Headers: authorization'",
+        ),
         ("public path -> 200 without a token", f"curl -s {q(url + '/public/info')}"),
-        ("readiness and metrics on the admin port", f"curl -s {q(admin + '/readyz')}; curl -s {q(admin + '/metrics')} | grep ^sidecar_auth"),
+        (
+            "readiness and metrics on the admin port",
+            f"curl -s {q(admin + '/readyz')}; curl -s {q(admin + '/metrics')} | grep ^sidecar_auth",
+        ),
     ]
 
 
@@ -65,15 +77,27 @@ async def _demo(port: int) -> None:
     echo_runner, echo_port = await _start(echo_app())
     port = port or free_port()
     admin_port = free_port()
-    cfg = load({
-        "listen": f"127.0.0.1:{port}", "admin_listen": f"127.0.0.1:{admin_port}",
-        "upstream": f"http://127.0.0.1:{echo_port}",
-        "providers": [{"issuer": issuer.issuer, "audiences": ["demo-api"], "discovery": True,
-                       "algorithms": ["RS256"]}],
-        "leeway": LEEWAY, "expired_grace": GRACE, "public_paths": ["/public"],
-        "claim_headers": {"X-Auth-Subject": "sub"}, "cors": {"origins": [ORIGIN]},
-        "log_level": "warning",
-    })
+    cfg = load(
+        {
+            "listen": f"127.0.0.1:{port}",
+            "admin_listen": f"127.0.0.1:{admin_port}",
+            "upstream": f"http://127.0.0.1:{echo_port}",
+            "providers": [
+                {
+                    "issuer": issuer.issuer,
+                    "audiences": ["demo-api"],
+                    "discovery": True,
+                    "algorithms": ["RS256"],
+                }
+            ],
+            "leeway": LEEWAY,
+            "expired_grace": GRACE,
+            "public_paths": ["/public"],
+            "claim_headers": {"X-Auth-Subject": "sub"},
+            "cors": {"origins": [ORIGIN]},
+            "log_level": "warning",
+        }
+    )
     state = build_state(cfg)
     serving = asyncio.create_task(run_until_signal(state))
     for _ in range(200):
@@ -103,8 +127,6 @@ def run_demo(port: int = 0) -> int:
         uvloop.install()
     except ImportError:  # pragma: no cover
         pass
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_demo(port))
-    except KeyboardInterrupt:
-        pass
     return 0

@@ -8,7 +8,6 @@ import json
 
 from aiohttp import web
 
-
 RECORD = web.AppKey("record", list)
 
 
@@ -19,8 +18,14 @@ async def echo(request: web.Request) -> web.StreamResponse:
     body = await request.read()
     record = request.app.get(RECORD)
     if record is not None:
-        record.append({"method": request.method, "path": request.raw_path, "headers": list(request.headers.items()),
-                       "body": body})
+        record.append(
+            {
+                "method": request.method,
+                "path": request.raw_path,
+                "headers": list(request.headers.items()),
+                "body": body,
+            }
+        )
     if "echo_bytes" in q:
         resp = web.StreamResponse(status=200)
         resp.enable_chunked_encoding()

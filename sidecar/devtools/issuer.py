@@ -67,12 +67,21 @@ class DevIssuer:
         return {"keys": [k.public_jwk() for k in self.keys] + self.extra_keys}
 
     def mint(
-        self, sub: str = "demo-user", ttl: float = 300, now: float | None = None, key: SigningKey | None = None,
-        headers: dict[str, Any] | None = None, **claims: Any,
+        self,
+        sub: str = "demo-user",
+        ttl: float = 300,
+        now: float | None = None,
+        key: SigningKey | None = None,
+        headers: dict[str, Any] | None = None,
+        **claims: Any,
     ) -> str:
         now = time.time() if now is None else now
         payload: dict[str, Any] = {
-            "iss": self.issuer, "aud": self.audience, "sub": sub, "iat": int(now), "exp": int(now + ttl),
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": sub,
+            "iat": int(now),
+            "exp": int(now + ttl),
             "jti": uuid.uuid4().hex,
         }
         payload.update(claims)
