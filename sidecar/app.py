@@ -96,7 +96,6 @@ async def handle(request: web.Request) -> web.StreamResponse:
     origin = request.headers.get("Origin")
     cors_extra = s.cors.actual(origin) if s.cors.enabled else ()
     token: str | None = None
-    fingerprint: str | None = None
     m.in_flight.inc()
     try:
         _check_sizes(request, cfg.limits.max_header_bytes, cfg.limits.max_headers_total_bytes)
@@ -121,7 +120,6 @@ async def handle(request: web.Request) -> web.StreamResponse:
             started = s.clock.monotonic()
             verified, grace = await s.verifier.verify(token)
             m.validation_seconds.observe(s.clock.monotonic() - started)
-            fingerprint = verified.fingerprint
             extra = verified.claim_headers
             if grace is not None:
                 m.grace_accepted.inc()
@@ -136,7 +134,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
             request, s.upstream, cfg.upstream, path_qs, headers, cors_extra, cfg.limits.max_body_bytes, m
         )
     except errors.Rejection as r:
-        return _reject(s, request, r, token, fingerprint, cors_extra)
+        return _reject(s, request, r, token, cors_extra)
     finally:
         m.in_flight.dec()
 
@@ -156,7 +154,6 @@ def _reject(
     request: web.Request,
     r: errors.Rejection,
     token: str | None,
-    fp: str | None,
     cors_extra: tuple[tuple[str, str], ...],
 ) -> web.Response:
     m = s.metrics
@@ -166,8 +163,7 @@ def _reject(
         m.requests_rejected.labels(r.reason).inc()
     # CORS headers go on every answer to an allowed origin, except a rejected preflight (that is the point)
     extra = () if isinstance(r, errors.CorsRejected) else cors_extra
-    if fp is None and token:
-        fp = hashlib.sha256(token.encode()).digest()[:6].hex()
+    fp = hashlib.sha256(token.encode()).digest()[:6].hex() if token else None
     log.info(
         "rejected",
         extra={

@@ -77,7 +77,7 @@ class Verifier:
         self.keys = keys
         self.clock = clock
         self.metrics = metrics
-        self.cache = TokenCache(cfg.token_cache_size)
+        self.cache = TokenCache(cfg.token_cache_size, tuple(name for name, _ in cfg.claim_headers))
         self.leeway = cfg.leeway
         self.grace = cfg.expired_grace
         self._by_issuer = {p.issuer: i for i, p in enumerate(cfg.providers)}
@@ -114,7 +114,7 @@ class Verifier:
                 return hit, self.times(hit, self.clock.now())
             self.cache.discard(digest)
         self.metrics.token_cache.labels("miss").inc()
-        entry = await self._verify_fully(token, digest)
+        entry = await self._verify_fully(token)
         grace = self.times(entry, self.clock.now())
         self.cache.put(digest, entry)
         return entry, grace
@@ -131,7 +131,7 @@ class Verifier:
             raise errors.IssuerMismatch("iss names no configured provider")
         return index
 
-    async def _verify_fully(self, token: str, digest: bytes) -> VerifiedToken:
+    async def _verify_fully(self, token: str) -> VerifiedToken:
         try:
             header = jwt.get_unverified_header(token)
         except jex.PyJWTError:
@@ -171,11 +171,9 @@ class Verifier:
             raise errors.UnsupportedAlg(f"alg {alg!r} cannot be used with this key") from None
         except jex.PyJWTError:
             raise errors.Malformed("the token's payload is not a JSON object") from None
-        return self._check_claims(claims, provider, index, kid, digest)
+        return self._check_claims(claims, provider, index, kid)
 
-    def _check_claims(
-        self, claims: dict[str, Any], provider: Provider, index: int, kid: str | None, digest: bytes
-    ) -> VerifiedToken:
+    def _check_claims(self, claims: dict[str, Any], provider: Provider, index: int, kid: str | None) -> VerifiedToken:
         exp, nbf, iat = _number(claims, "exp"), _number(claims, "nbf"), _number(claims, "iat")
         iss = claims.get("iss")
         if iss is None:
@@ -200,13 +198,4 @@ class Verifier:
             for name, path in self.cfg.claim_headers
             if (value := render(claim_value(claims, path))) is not None
         )
-        return VerifiedToken(
-            provider=index,
-            kid=kid,
-            iss=iss,
-            exp=exp,
-            nbf=nbf,
-            iat=iat,
-            claim_headers=headers,
-            fingerprint=digest[:6].hex(),
-        )
+        return VerifiedToken(provider=index, kid=kid, exp=exp, nbf=nbf, iat=iat, claim_headers=headers)

@@ -1,0 +1,50 @@
+"""The verified-token cache: exact round trip of what a hit needs, LRU bound, purge by key."""
+
+from __future__ import annotations
+
+import hashlib
+
+from sidecar.token_cache import TokenCache, VerifiedToken
+
+
+def d(i: int) -> bytes:
+    return hashlib.sha256(str(i).encode()).digest()
+
+
+def entry(i: int, kid: str | None = "k1", provider: int = 0) -> VerifiedToken:
+    headers = (("X-Auth-Subject", f"user{i}"),) if i % 2 else (("X-Auth-Subject", f"u{i}"), ("X-Auth-Roles", "a,b"))
+    return VerifiedToken(provider, kid, 1.8e9 + i, None if i % 3 else 1.7e9, 1.79e9, headers)
+
+
+def test_a_hit_returns_exactly_what_was_verified_including_absent_claims() -> None:
+    cache = TokenCache(10, ("X-Auth-Subject", "X-Auth-Roles"))
+    for i in range(4):
+        cache.put(d(i), entry(i))
+    for i in range(4):
+        assert cache.get(d(i)) == entry(i)
+    assert cache.get(d(99)) is None
+
+
+def test_the_bound_holds_and_the_least_recently_used_goes_first() -> None:
+    cache = TokenCache(3)
+    for i in range(3):
+        cache.put(d(i), entry(i, kid=None))
+    cache.get(d(0))  # 0 is now the most recently used
+    cache.put(d(3), entry(3, kid=None))
+    assert len(cache) == 3 and cache.get(d(1)) is None and cache.get(d(0)) is not None
+
+
+def test_a_size_of_zero_turns_the_cache_off() -> None:
+    cache = TokenCache(0)
+    cache.put(d(1), entry(1))
+    assert cache.get(d(1)) is None and len(cache) == 0
+
+
+def test_forgetting_a_kid_drops_only_that_providers_tokens_of_that_key() -> None:
+    cache = TokenCache(10)
+    cache.put(d(1), entry(1, kid="a"))
+    cache.put(d(2), entry(2, kid="b"))
+    cache.put(d(3), entry(3, kid="a", provider=1))
+    assert cache.forget_kid(0, "a") == 1
+    assert cache.get(d(1)) is None and cache.get(d(2)) is not None and cache.get(d(3)) is not None
+    assert cache.forget_kid(0, "never-seen") == 0
