@@ -4,17 +4,36 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from sidecar.metrics import exposition
 
 if TYPE_CHECKING:
     from sidecar.app import Sidecar
 
+log = logging.getLogger("sidecar.admin")
+
 
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, text=json.dumps(data, indent=1), content_type="application/json")
+
+
+async def apply_action(s: Sidecar, action: dict[str, Any]) -> dict[str, Any]:
+    """Refresh or revoke, in this process. Called directly, or by the follower of the shared action file."""
+    index = next(i for i, pk in enumerate(s.keys) if pk.provider.name == action["provider"])
+    pk = s.keys[index]
+    if action["action"] == "refresh":
+        ok = await pk.refresh()
+        return {"ok": ok, "refreshed": ok, **pk.describe()}
+    kid = action["kid"]
+    found = pk.keys.revoke(kid)
+    purged = s.verifier.cache.forget_kid(index, kid)
+    log.warning("key revoked by admin", extra={"provider": pk.provider.name, "kid": kid[:64]})
+    return {"revoked": kid, "was_trusted": found, "cached_tokens_dropped": purged}
 
 
 def admin_app(state: Sidecar, key: web.AppKey[Sidecar]) -> web.Application:
@@ -39,7 +58,7 @@ def admin_app(state: Sidecar, key: web.AppKey[Sidecar]) -> web.Application:
         for pk in s.keys:
             pk.update_gauges()
         s.metrics.ready.set(1 if s.ready() else 0)
-        return web.Response(body=generate_latest(s.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=exposition(s.metrics), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     def _allowed(request: web.Request) -> None:
         mode = request.app[key].cfg.admin_actions
@@ -56,34 +75,35 @@ def admin_app(state: Sidecar, key: web.AppKey[Sidecar]) -> web.Application:
             content_type="application/json",
         )
 
-    def _provider(request: web.Request) -> Any:
+    def _provider(request: web.Request) -> str:
         name = request.match_info["provider"]
-        for pk in request.app[key].keys:
-            if pk.provider.name == name:
-                return pk
-        raise web.HTTPNotFound(
-            text=json.dumps({"reason": "unknown_provider", "provider": name}), content_type="application/json"
-        )
+        if not any(pk.provider.name == name for pk in request.app[key].keys):
+            raise web.HTTPNotFound(
+                text=json.dumps({"reason": "unknown_provider", "provider": name}), content_type="application/json"
+            )
+        return name
 
     async def show_keys(request: web.Request) -> web.Response:
         _allowed(request)
         return _json([pk.describe() for pk in request.app[key].keys])
 
+    async def act(request: web.Request, action: dict[str, Any]) -> web.Response:
+        s = request.app[key]
+        if s.shared is not None:  # every worker applies it, this one included, within a fraction of a second
+            s.shared.publish(action)
+            return _json({"queued_for_all_workers": action}, 202)
+        result = await apply_action(s, action)
+        return _json(result, 200 if result.get("ok", True) else 502)
+
     async def refresh(request: web.Request) -> web.Response:
         _allowed(request)
-        pk = _provider(request)
-        ok = await pk.refresh()
-        return _json({"refreshed": ok, **pk.describe()}, 200 if ok else 502)
+        return await act(request, {"action": "refresh", "provider": _provider(request)})
 
     async def revoke(request: web.Request) -> web.Response:
         _allowed(request)
-        pk = _provider(request)
-        s = request.app[key]
-        kid = request.match_info["kid"]
-        found = pk.keys.revoke(kid)
-        index = s.keys.index(pk)
-        purged = s.verifier.cache.forget_kid(index, kid)
-        return _json({"revoked": kid, "was_trusted": found, "cached_tokens_dropped": purged})
+        return await act(
+            request, {"action": "revoke", "provider": _provider(request), "kid": request.match_info["kid"]}
+        )
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

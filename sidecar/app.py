@@ -19,7 +19,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from sidecar import errors
-from sidecar.admin import admin_app
+from sidecar.admin import admin_app, apply_action
 from sidecar.clock import Clock, SystemClock
 from sidecar.config import Config
 from sidecar.cors import CorsPolicy
@@ -31,6 +31,7 @@ from sidecar.proxy import forward, upstream_session
 from sidecar.responses import rejection, setup_logging, token_context
 from sidecar.rules import PublicPaths, encode, normalise
 from sidecar.verify import Verifier
+from sidecar.workers import SharedActions, run_workers
 
 log = logging.getLogger("sidecar")
 
@@ -49,6 +50,7 @@ class Sidecar:
     public: PublicPaths
     grace_header: str
     draining: bool = False
+    shared: SharedActions | None = None  # set when several workers share the port
     upstream: aiohttp.ClientSession | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -113,19 +115,23 @@ async def handle(request: web.Request) -> web.StreamResponse:
         canonical = normalise(path)
         path_qs = (encode(canonical) + sep + query) if canonical is not None else raw
         extra: tuple[tuple[str, str], ...] = ()
+        drop_authorization = False
         if s.public.match(canonical):
             m.public_requests.inc()
+            if "Authorization" in request.headers:
+                # A token on a public path is optional: verified, it adds identity; otherwise it never
+                # reaches the app, so an app can trust any Authorization header it does receive.
+                try:
+                    extra = await _identity(s, bearer_token(request.headers, request.query, cfg.limits.max_token_bytes))
+                except errors.Rejection:
+                    drop_authorization = True
         else:
             token = bearer_token(request.headers, request.query, cfg.limits.max_token_bytes)
-            started = s.clock.monotonic()
-            verified, grace = await s.verifier.verify(token)
-            m.validation_seconds.observe(s.clock.monotonic() - started)
-            extra = verified.claim_headers
-            if grace is not None:
-                m.grace_accepted.inc()
-                extra = (*extra, (s.grace_header, str(int(grace))))
+            extra = await _identity(s, token)
             m.auth_success.inc()
         headers = s.headers.forwardable(request.headers)
+        if drop_authorization:
+            headers.popall("Authorization", None)
         for name, value in extra:
             headers[name] = value
         _forwarded(request, headers)
@@ -137,6 +143,17 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return _reject(s, request, r, token, cors_extra)
     finally:
         m.in_flight.dec()
+
+
+async def _identity(s: Sidecar, token: str) -> tuple[tuple[str, str], ...]:
+    """Verify a token; the headers the app gets from it (claims, and the grace header when in grace)."""
+    started = s.clock.monotonic()
+    verified, grace = await s.verifier.verify(token)
+    s.metrics.validation_seconds.observe(s.clock.monotonic() - started)
+    if grace is None:
+        return verified.claim_headers
+    s.metrics.grace_accepted.inc()
+    return (*verified.claim_headers, (s.grace_header, str(int(grace))))
 
 
 def _forwarded(request: web.Request, headers: CIMultiDict[str]) -> None:
@@ -193,6 +210,10 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     for pk in s.keys:
         pk.session = jwks_session
         s.tasks.append(asyncio.create_task(pk.keep_fresh(), name=f"jwks:{pk.provider.name}"))
+    s.tasks.append(asyncio.create_task(_gauges(s), name="gauges"))
+    if s.shared is not None:
+        shared = s.shared
+        s.tasks.append(asyncio.create_task(shared.follow(lambda a: apply_action(s, a)), name="admin-actions"))
     yield
     for t in s.tasks:
         t.cancel()
@@ -200,6 +221,15 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     s.tasks.clear()
     await s.upstream.close()
     await jwks_session.close()
+
+
+async def _gauges(s: Sidecar) -> None:
+    """Key-set gauges kept current without a scrape: with several workers a scrape reaches only one."""
+    while True:
+        for pk in s.keys:
+            pk.update_gauges()
+        s.metrics.ready.set(1 if s.ready() else 0)
+        await asyncio.sleep(1.0)
 
 
 def proxy_app(state: Sidecar) -> web.Application:
@@ -215,7 +245,7 @@ def _split(hostport: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def run_until_signal(state: Sidecar, stop: asyncio.Event | None = None) -> None:
+async def run_until_signal(state: Sidecar, stop: asyncio.Event | None = None, reuse_port: bool = False) -> None:
     """Serve until SIGTERM/SIGINT (or `stop`), then drain: not ready at once, stop accepting, finish in flight."""
     cfg = state.cfg
     stop = stop or asyncio.Event()
@@ -235,8 +265,10 @@ async def run_until_signal(state: Sidecar, stop: asyncio.Event | None = None) ->
         max_headers=1024,
     )
     await proxy_runner.setup()
-    await web.TCPSite(admin_runner, *_split(cfg.admin_listen), reuse_address=True).start()
-    await web.TCPSite(proxy_runner, *_split(cfg.listen), reuse_address=True, backlog=1024).start()
+    admin_host, admin_port = _split(cfg.admin_listen)
+    host, port = _split(cfg.listen)
+    await web.TCPSite(admin_runner, admin_host, admin_port, reuse_address=True, reuse_port=reuse_port).start()
+    await web.TCPSite(proxy_runner, host, port, reuse_address=True, reuse_port=reuse_port, backlog=1024).start()
     log.info("listening", extra={"listen": cfg.listen, "admin": cfg.admin_listen, "upstream": cfg.upstream})
     await stop.wait()
     state.draining = True
@@ -246,13 +278,23 @@ async def run_until_signal(state: Sidecar, stop: asyncio.Event | None = None) ->
     log.info("stopped")
 
 
-def serve(cfg: Config) -> int:
-    setup_logging(cfg.log_level)
+def _serve_one(cfg: Config, shared: str | None) -> int:
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency; Windows has none
         pass
-    asyncio.run(run_until_signal(build_state(cfg)))
+    state = build_state(cfg)
+    state.shared = SharedActions(shared) if shared else None
+    asyncio.run(run_until_signal(state, reuse_port=shared is not None))
     return 0
+
+
+def serve(cfg: Config, workers: int = 1, shared: str | None = None) -> int:
+    """Run the sidecar: one process, or `workers` processes sharing the port and the `shared` directory."""
+    setup_logging(cfg.log_level)
+    if workers == 1 or shared is None:
+        return _serve_one(cfg, None)
+    log.info("starting workers", extra={"workers": workers})
+    return run_workers(workers, shared, lambda: _serve_one(cfg, shared))

@@ -182,6 +182,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = build_config(args)
     except ConfigError as e:
         return _fail(e)
+    from sidecar.workers import cpu_limit, shared_directory
+
+    workers = cfg.workers or cpu_limit()
+    shared = shared_directory() if workers > 1 else None  # before sidecar.app imports prometheus_client
     from sidecar.app import serve
 
-    return serve(cfg)
+    return serve(cfg, workers, shared)

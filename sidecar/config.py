@@ -90,7 +90,7 @@ class Config:
     strip_authorization: bool = False
     realm: str = "sidecar"
     token_cache_size: int = 100_000
-    workers: int = 1
+    workers: int = 0  # 0: the CPUs this container may use (cgroup quota)
     log_level: str = "info"
     cors: Cors = field(default_factory=Cors)
     jwks: Jwks = field(default_factory=Jwks)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 from sidecar.errors import AUTH_REASONS, REQUEST_REASONS, UPSTREAM_REASONS
 
@@ -12,6 +14,15 @@ _UPSTREAM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
 
 JWKS_FETCH_RESULTS = ("success", "http_error", "timeout", "invalid", "refused")
 KEY_IGNORED_REASONS = ("weak", "symmetric", "enc", "unsupported", "invalid")
+
+
+def exposition(m: Metrics) -> bytes:
+    """The text format: this process's registry, or the sum over every worker in multiprocess mode."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    return generate_latest(m.registry)
 
 
 class Metrics:
@@ -42,7 +53,9 @@ class Metrics:
             "sidecar_cors_preflights", "CORS preflights answered, by result", ["result"], registry=r
         )
         self.upstream_errors = Counter("sidecar_upstream_errors", "Upstream faults, by kind", ["kind"], registry=r)
-        self.in_flight = Gauge("sidecar_requests_in_flight", "Requests being handled", registry=r)
+        self.in_flight = Gauge(
+            "sidecar_requests_in_flight", "Requests being handled", registry=r, multiprocess_mode="livesum"
+        )
         self.validation_seconds = Histogram(
             "sidecar_validation_duration_seconds",
             "Time to check a token (cache hit or full verify)",
@@ -64,7 +77,13 @@ class Metrics:
             ["provider", "result"],
             registry=r,
         )
-        self.jwks_keys = Gauge("sidecar_jwks_keys_loaded", "Usable keys, by provider", ["provider"], registry=r)
+        self.jwks_keys = Gauge(
+            "sidecar_jwks_keys_loaded",
+            "Usable keys, by provider",
+            ["provider"],
+            multiprocess_mode="livemin",
+            registry=r,
+        )
         self.jwks_keys_ignored = Counter(
             "sidecar_jwks_keys_ignored",
             "JWKS entries never used, by provider and reason",
@@ -75,24 +94,28 @@ class Metrics:
             "sidecar_jwks_age_seconds",
             "Seconds since the key set was last fetched successfully",
             ["provider"],
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.jwks_stale = Gauge(
             "sidecar_jwks_stale_seconds",
             "Seconds the key set is past its refresh time (0 when fresh)",
             ["provider"],
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.jwks_last_success = Gauge(
             "sidecar_jwks_last_success_timestamp_seconds",
             "Wall time of the last successful fetch",
             ["provider"],
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.jwks_last_change = Gauge(
             "sidecar_jwks_last_change_timestamp_seconds",
             "Wall time the set of kids last changed",
             ["provider"],
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.jwks_refetches = Counter(
@@ -105,9 +128,12 @@ class Metrics:
             "sidecar_clock_skew_seconds",
             "This host's clock minus the IdP's (from JWKS Date headers)",
             ["provider"],
+            multiprocess_mode="livemostrecent",
             registry=r,
         )
-        self.ready = Gauge("sidecar_ready", "1 when every provider has usable keys", registry=r)
+        self.ready = Gauge(
+            "sidecar_ready", "1 when every provider has usable keys", multiprocess_mode="livemin", registry=r
+        )
         for reason in AUTH_REASONS:
             self.auth_failures.labels(reason)
         for reason in REQUEST_REASONS:

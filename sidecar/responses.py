@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import traceback
 from collections.abc import Iterable
 
 import jwt
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from sidecar.errors import Rejection
 
@@ -74,12 +76,22 @@ class JsonFormatter(logging.Formatter):
 
 
 class RedactParserErrors(logging.Filter):
-    """aiohttp's parser quotes the first bytes of a header it refuses, which may be a token: keep the class only."""
+    """Exception messages may quote a header (aiohttp's parser quotes the bytes it refused, and that may
+    be a token). Log the exception's class and, for anything but a parser refusal, where it was raised:
+    enough to find a bug, never the request's bytes."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and record.exc_info[1] is not None:
             exc = record.exc_info[1]
-            record.msg = f"{record.getMessage()}: {exc.__class__.__name__} (details withheld: may quote a header)"
+            where = ""
+            if not isinstance(exc, HttpProcessingError):
+                frames = traceback.extract_tb(exc.__traceback__)[-4:]
+                where = " at " + " <- ".join(
+                    f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} {f.name}" for f in reversed(frames)
+                )
+            record.msg = (
+                f"{record.getMessage()}: {exc.__class__.__name__}{where} (message withheld: may quote a header)"
+            )
             record.args = None
             record.exc_info = None
             record.exc_text = None

@@ -42,9 +42,15 @@ def _number(claims: Mapping[str, Any], name: str) -> float | None:
     v = claims.get(name)
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+    if isinstance(v, bool) or not isinstance(v, int | float):
         raise errors.InvalidClaim(f"{name} must be a NumericDate (a JSON number), got {type(v).__name__}")
-    return float(v)
+    try:
+        f = float(v)  # JSON allows integers far beyond a float: 1e400 as an int overflows here
+    except OverflowError:
+        raise errors.InvalidClaim(f"{name} is out of range") from None
+    if not math.isfinite(f):
+        raise errors.InvalidClaim(f"{name} is out of range")
+    return f
 
 
 def claim_value(claims: Mapping[str, Any], path: str) -> Any:
@@ -105,6 +111,10 @@ class Verifier:
 
     async def verify(self, token: str) -> tuple[VerifiedToken, float | None]:
         """The verified token and its grace seconds (None unless accepted inside grace)."""
+        if token.count(".") != 2 or "=" in token:
+            # JWS compact form is three unpadded base64url parts. PyJWT tolerates padding, but one token
+            # must have one spelling, or the app's JWT library may read it differently than we did.
+            raise errors.Malformed("not three unpadded base64url parts (header.payload.signature)")
         digest = hashlib.sha256(token.encode()).digest()
         hit = self.cache.get(digest)
         if hit is not None:

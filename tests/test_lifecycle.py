@@ -12,8 +12,10 @@ from tests.conftest import Upstream, sidecar_args
 from tests.support import SidecarProcess, request
 
 
-def test_sigterm_under_load_loses_no_request_in_flight_and_exits_0(issuer: DevIssuer, upstream: Upstream) -> None:
-    sc = SidecarProcess(sidecar_args(issuer, upstream, "--log-level", "warning")).start()
+def test_sigterm_under_load_loses_no_request_in_flight_and_exits_0_with_two_workers(
+    issuer: DevIssuer, upstream: Upstream
+) -> None:
+    sc = SidecarProcess(sidecar_args(issuer, upstream, "--log-level", "warning", "--workers", "2")).start()
     token = issuer.mint(ttl=600)
     outcomes: list[str] = []
     lock = threading.Lock()
