@@ -77,7 +77,7 @@ FLAGS: tuple[Flag, ...] = (
         ("jwks", "key_retention"),
         "trust a key removed from the JWKS this long (default 24h)",
     ),
-    Flag("workers", ("workers",), "worker processes (default 1; 0 = the CPUs this container may use)"),
+    Flag("workers", ("workers",), "worker processes (default 0: one per CPU this container may use)"),
     Flag("log-level", ("log_level",), "debug | info | warning | error"),
 )
 
