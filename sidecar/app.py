@@ -1,7 +1,8 @@
 """Wiring: the request's path through the sidecar, the shared state on the app, and the process lifecycle.
 
-handle(): size checks → CORS preflight → public path? → one bearer token → verify (cache, keys, PyJWT,
-claims) → header hygiene → forward. Any `Rejection` on the way becomes the sidecar's own answer.
+handle(): size checks → CORS preflight → normalised path → authorize (route rule, one token, verify with
+cache/keys/PyJWT/claims, route requirements) → header hygiene → forward (or WebSocket). Any `Rejection` on
+the way becomes the sidecar's own answer.
 """
 
 from __future__ import annotations
@@ -16,21 +17,24 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from sidecar import errors
 from sidecar.admin import admin_app, apply_action
+from sidecar.authorize import authorize
 from sidecar.clock import Clock, SystemClock
 from sidecar.config import Config
 from sidecar.cors import CorsPolicy
-from sidecar.extract import bearer_token
+from sidecar.decision import decision_app
 from sidecar.fetcher import ProviderKeys
-from sidecar.headers import GRACE_SUFFIX, HeaderPolicy
+from sidecar.headers import GRACE_SUFFIX, HeaderPolicy, remove_token
 from sidecar.metrics import Metrics
 from sidecar.proxy import forward, upstream_session
 from sidecar.responses import rejection, setup_logging, token_context
-from sidecar.rules import PublicPaths, encode, normalise
+from sidecar.rules import RuleSet, encode, normalise
+from sidecar.token_cache import VerifiedToken
 from sidecar.verify import Verifier
+from sidecar.websocket import is_websocket, proxy_websocket
 from sidecar.workers import SharedActions, run_workers
 
 log = logging.getLogger("sidecar")
@@ -47,7 +51,8 @@ class Sidecar:
     verifier: Verifier
     cors: CorsPolicy
     headers: HeaderPolicy
-    public: PublicPaths
+    rules: RuleSet
+    token_sources: tuple[str, ...]  # every provider's sources, each once
     grace_header: str
     draining: bool = False
     shared: SharedActions | None = None  # set when several workers share the port
@@ -67,15 +72,17 @@ def build_state(cfg: Config, clock: Clock | None = None, metrics: Metrics | None
     clock = clock or SystemClock()
     metrics = metrics or Metrics()
     keys = [ProviderKeys(p, cfg.jwks, clock, metrics, None) for p in cfg.providers]
+    rules = RuleSet(cfg)
     return Sidecar(
         cfg=cfg,
         clock=clock,
         metrics=metrics,
         keys=keys,
-        verifier=Verifier(cfg, keys, clock, metrics),
+        verifier=Verifier(cfg, keys, clock, metrics, rules),
         cors=CorsPolicy(cfg.cors),
-        headers=HeaderPolicy(cfg.identity_header_prefix, not cfg.strip_authorization),
-        public=PublicPaths(cfg.public_paths),
+        headers=HeaderPolicy(cfg.identity_header_prefix),
+        rules=rules,
+        token_sources=tuple(dict.fromkeys(src for p in cfg.providers for src in p.token_sources)),
         grace_header=cfg.identity_header_prefix + GRACE_SUFFIX,
     )
 
@@ -97,63 +104,58 @@ async def handle(request: web.Request) -> web.StreamResponse:
     cfg = s.cfg
     origin = request.headers.get("Origin")
     cors_extra = s.cors.actual(origin) if s.cors.enabled else ()
-    token: str | None = None
     m.in_flight.inc()
     try:
         _check_sizes(request, cfg.limits.max_header_bytes, cfg.limits.max_headers_total_bytes)
         if s.cors.enabled and s.cors.is_preflight(request.method, request.headers):
-            allowed = s.cors.preflight(request.headers)
-            if allowed is None:
-                m.cors_preflights.labels("rejected").inc()
-                raise errors.CorsRejected(f"origin {origin!r}, method or headers not allowed")
-            m.cors_preflights.labels("allowed").inc()
-            return web.Response(status=204, headers=CIMultiDict(allowed))
+            return _preflight(s, request.headers, origin)
         raw = request.raw_path
-        path, sep, query = raw.partition("?")
+        path, _, query = raw.partition("?")
         if not path.startswith("/"):
             raise errors.BadRequest("the request target must be an absolute path")
         canonical = normalise(path)
-        path_qs = (encode(canonical) + sep + query) if canonical is not None else raw
-        extra: tuple[tuple[str, str], ...] = ()
-        drop_authorization = False
-        if s.public.match(canonical):
-            m.public_requests.inc()
-            if "Authorization" in request.headers:
-                # A token on a public path is optional: verified, it adds identity; otherwise it never
-                # reaches the app, so an app can trust any Authorization header it does receive.
-                try:
-                    extra = await _identity(s, bearer_token(request.headers, request.query, cfg.limits.max_token_bytes))
-                except errors.Rejection:
-                    drop_authorization = True
-        else:
-            token = bearer_token(request.headers, request.query, cfg.limits.max_token_bytes)
-            extra = await _identity(s, token)
-            m.auth_success.inc()
+        allowed = await authorize(s, request.method, canonical, request.headers, request.query)
         headers = s.headers.forwardable(request.headers)
-        if drop_authorization:
+        if allowed.drop_authorization:
             headers.popall("Authorization", None)
-        for name, value in extra:
+        if allowed.drop_source:
+            dropped = s.token_sources if allowed.drop_source == "*" else (allowed.drop_source,)
+            query = remove_token(headers, query, dropped)
+        for name, value in allowed.identity:
             headers[name] = value
         _forwarded(request, headers)
+        if cfg.route_metrics:
+            m.route_requests.labels(allowed.route.name, "allowed").inc()
+        path_qs = (encode(canonical) if canonical is not None else path) + ("?" + query if query else "")
         assert s.upstream is not None
+        if is_websocket(request):
+            expires_at = _expiry(s, allowed.verified) if cfg.websocket_close_on_expiry else None
+            return await proxy_websocket(request, s.upstream, cfg.upstream + path_qs, headers, expires_at, s.clock, m)
         return await forward(
             request, s.upstream, cfg.upstream, path_qs, headers, cors_extra, cfg.limits.max_body_bytes, m
         )
     except errors.Rejection as r:
-        return _reject(s, request, r, token, cors_extra)
+        if cfg.route_metrics and r.route:
+            m.route_requests.labels(r.route, r.reason).inc()
+        return _reject(s, request, r, cors_extra)
     finally:
         m.in_flight.dec()
 
 
-async def _identity(s: Sidecar, token: str) -> tuple[tuple[str, str], ...]:
-    """Verify a token; the headers the app gets from it (claims, and the grace header when in grace)."""
-    started = s.clock.monotonic()
-    verified, grace = await s.verifier.verify(token)
-    s.metrics.validation_seconds.observe(s.clock.monotonic() - started)
-    if grace is None:
-        return verified.claim_headers
-    s.metrics.grace_accepted.inc()
-    return (*verified.claim_headers, (s.grace_header, str(int(grace))))
+def _preflight(s: Sidecar, headers: CIMultiDictProxy[str], origin: str | None) -> web.Response:
+    allowed = s.cors.preflight(headers)
+    if allowed is None:
+        s.metrics.cors_preflights.labels("rejected").inc()
+        raise errors.CorsRejected(f"origin {origin!r}, method or headers not allowed")
+    s.metrics.cors_preflights.labels("allowed").inc()
+    return web.Response(status=204, headers=CIMultiDict(allowed))
+
+
+def _expiry(s: Sidecar, verified: VerifiedToken | None) -> float | None:
+    """Wall time at which a WebSocket opened with this token must close: when the token stops being accepted."""
+    if verified is None or verified.exp is None:
+        return None
+    return verified.exp + s.cfg.leeway + s.cfg.expired_grace
 
 
 def _forwarded(request: web.Request, headers: CIMultiDict[str]) -> None:
@@ -167,11 +169,7 @@ def _forwarded(request: web.Request, headers: CIMultiDict[str]) -> None:
 
 
 def _reject(
-    s: Sidecar,
-    request: web.Request,
-    r: errors.Rejection,
-    token: str | None,
-    cors_extra: tuple[tuple[str, str], ...],
+    s: Sidecar, request: web.Request, r: errors.Rejection, cors_extra: tuple[tuple[str, str], ...]
 ) -> web.Response:
     m = s.metrics
     if r.family == "auth":
@@ -180,6 +178,7 @@ def _reject(
         m.requests_rejected.labels(r.reason).inc()
     # CORS headers go on every answer to an allowed origin, except a rejected preflight (that is the point)
     extra = () if isinstance(r, errors.CorsRejected) else cors_extra
+    token = r.token
     fp = hashlib.sha256(token.encode()).digest()[:6].hex() if token else None
     log.info(
         "rejected",
@@ -269,11 +268,26 @@ async def run_until_signal(state: Sidecar, stop: asyncio.Event | None = None, re
     host, port = _split(cfg.listen)
     await web.TCPSite(admin_runner, admin_host, admin_port, reuse_address=True, reuse_port=reuse_port).start()
     await web.TCPSite(proxy_runner, host, port, reuse_address=True, reuse_port=reuse_port, backlog=1024).start()
+    decision_runner = None
+    if cfg.decision is not None:
+        decision_runner = web.AppRunner(
+            decision_app(state, STATE, _reject),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=cfg.limits.drain_timeout,
+            max_field_size=PARSER_CEILING,
+            max_line_size=PARSER_CEILING,
+        )
+        await decision_runner.setup()
+        d_host, d_port = _split(cfg.decision.listen)
+        await web.TCPSite(decision_runner, d_host, d_port, reuse_address=True, reuse_port=reuse_port).start()
     log.info("listening", extra={"listen": cfg.listen, "admin": cfg.admin_listen, "upstream": cfg.upstream})
     await stop.wait()
     state.draining = True
     log.info("draining", extra={"timeout": cfg.limits.drain_timeout})
     await proxy_runner.cleanup()
+    if decision_runner is not None:
+        await decision_runner.cleanup()
     await admin_runner.cleanup()
     log.info("stopped")
 

@@ -6,11 +6,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from sidecar.policy import Rule
 
 ASYMMETRIC_ALGS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
@@ -36,6 +40,7 @@ class Provider:
     algorithms: tuple[str, ...] = ASYMMETRIC_ALGS
     required_claims: tuple[str, ...] = ("exp",)
     revoked_kids: frozenset[str] = frozenset()
+    token_sources: tuple[str, ...] = ("header",)  # header | header:NAME | cookie:NAME | query:NAME
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +81,18 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class Decision:
+    """An extra listener that answers auth subrequests (nginx auth_request, Traefik forwardAuth, Envoy ext_authz)."""
+
+    listen: str
+    trusted_sources: tuple[str, ...] = ("127.0.0.1/32", "::1/128")  # CIDRs whose X-Original-*/X-Forwarded-* count
+    envoy_prefix: str = "/ext_authz"  # Envoy's http_service path_prefix: the original path follows it
+
+
+_DECISION_DEFAULTS = Decision(listen="0.0.0.0:8001")
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     providers: tuple[Provider, ...]
     listen: str = "0.0.0.0:8000"
@@ -95,6 +112,21 @@ class Config:
     cors: Cors = field(default_factory=Cors)
     jwks: Jwks = field(default_factory=Jwks)
     limits: Limits = field(default_factory=Limits)
+    rules: tuple[Rule, ...] = ()  # public_paths first, then the configured rules; first match wins
+    unmatched: str = "token"  # what a request no rule matches needs: token | public | deny
+    route_metrics: bool = False  # count requests by rule name in sidecar_route_requests_total
+    decision: Decision | None = None
+    websocket_close_on_expiry: bool = True
+
+    @property
+    def all_claim_headers(self) -> tuple[tuple[str, str], ...]:
+        """Every (header, claim) pair the global setting or any rule uses, in a fixed order."""
+        pairs = list(self.claim_headers)
+        for rule in self.rules:
+            for pair in rule.claim_headers or ():
+                if pair not in pairs:
+                    pairs.append(pair)
+        return tuple(pairs)
 
     def effective(self) -> dict[str, Any]:
         """The config as a plain mapping in the file's own shape (what `check-config` prints)."""
@@ -102,6 +134,7 @@ class Config:
         out["claim_headers"] = dict(self.claim_headers)
         for p in out["providers"]:
             p["revoked_kids"] = sorted(p["revoked_kids"])
+        out["rules"] = [rule_to_file(r) for r in self.rules if not r.name.startswith("public:")]
         result: dict[str, Any] = _lists(out)
         return result
 
@@ -244,6 +277,9 @@ def _provider(path: str, raw: Any, index: int) -> Provider:
             raise ConfigError(f"{path}.algorithms[{i}]", f"{alg!r}: {why} (allowed: {', '.join(ASYMMETRIC_ALGS)})")
     required = _strs(f"{path}.required_claims", m.get("required_claims", ["exp"]))
     revoked = frozenset(_strs(f"{path}.revoked_kids", m.get("revoked_kids", [])))
+    from sidecar.policy import parse_sources  # policy raises this module's ConfigError
+
+    token_sources = parse_sources(f"{path}.token_sources", m.get("token_sources", ["header"]))
     return Provider(
         name=name,
         issuer=issuer,
@@ -254,6 +290,7 @@ def _provider(path: str, raw: Any, index: int) -> Provider:
         algorithms=algorithms,
         required_claims=required,
         revoked_kids=revoked,
+        token_sources=token_sources,
     )
 
 
@@ -335,7 +372,7 @@ def _limits(raw: Any) -> Limits:
     return lim
 
 
-def _claim_headers(raw: Any, prefix: str) -> tuple[tuple[str, str], ...]:
+def _claim_headers(raw: Any, prefix: str, where: str = "claim_headers") -> tuple[tuple[str, str], ...]:
     if raw is None:
         return ()
     items: list[tuple[str, Any]]
@@ -343,24 +380,65 @@ def _claim_headers(raw: Any, prefix: str) -> tuple[tuple[str, str], ...]:
         items = list(raw.items())
     elif isinstance(raw, list | tuple | str):
         items = []
-        for i, entry in enumerate(_strs("claim_headers", raw)):
+        for i, entry in enumerate(_strs(where, raw)):
             name, eq, claim = entry.partition("=")
             if not eq:
-                raise ConfigError(f"claim_headers[{i}]", f"expected NAME=CLAIM, got {entry!r}")
+                raise ConfigError(f"{where}[{i}]", f"expected NAME=CLAIM, got {entry!r}")
             items.append((name.strip(), claim.strip()))
     else:
-        raise ConfigError("claim_headers", "expected a mapping of header name to claim (dots for nested claims)")
+        raise ConfigError(where, "expected a mapping of header name to claim (dots for nested claims)")
     out = []
     for name, claim in items:
-        _header_name(f"claim_headers.{name}", name)
-        _str(f"claim_headers.{name}", claim)
+        _header_name(f"{where}.{name}", name)
+        _str(f"{where}.{name}", claim)
         if not name.lower().replace("_", "-").startswith(prefix.lower().replace("_", "-")):
             raise ConfigError(
-                f"claim_headers.{name}",
+                f"{where}.{name}",
                 f"must start with identity_header_prefix {prefix!r}, so a client can never send it itself",
             )
         out.append((name, claim))
     return tuple(out)
+
+
+def _decision(raw: Any) -> Decision | None:
+    if raw is None:
+        return None
+    m = _mapping("decision", raw, set(Decision.__dataclass_fields__))
+    if "listen" not in m:
+        raise ConfigError("decision.listen", "required (HOST:PORT of the decision listener)")
+    trusted = _strs("decision.trusted_sources", m.get("trusted_sources", list(_DECISION_DEFAULTS.trusted_sources)))
+    for i, cidr in enumerate(trusted):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ConfigError(f"decision.trusted_sources[{i}]", f"{cidr!r} is not an IP network (CIDR)") from None
+    prefix = _str("decision.envoy_prefix", m.get("envoy_prefix", _DECISION_DEFAULTS.envoy_prefix))
+    if not prefix.startswith("/") or prefix.endswith("/"):
+        raise ConfigError("decision.envoy_prefix", "must start with '/' and not end with '/'")
+    return Decision(listen=_hostport("decision.listen", m["listen"]), trusted_sources=trusted, envoy_prefix=prefix)
+
+
+def rule_to_file(rule: Rule) -> dict[str, Any]:
+    """A rule back in the config file's shape (for `check-config`'s effective config)."""
+    out: dict[str, Any] = {"name": rule.name, rule.kind: rule.path}
+    if rule.methods:
+        out["methods"] = sorted(rule.methods)
+    for key in ("public", "deny", "strip_authorization"):
+        if getattr(rule, key):
+            out[key] = getattr(rule, key)
+    for key in ("providers", "scopes", "scopes_any", "clients"):
+        if getattr(rule, key):
+            out[key] = list(getattr(rule, key))
+    if rule.claims:
+        out["claims"] = {
+            c.claim: (
+                {"present": True} if not c.equals else c.equals[0] if len(c.equals) == 1 else {"one_of": list(c.equals)}
+            )
+            for c in rule.claims
+        }
+    if rule.claim_headers is not None:
+        out["claim_headers"] = dict(rule.claim_headers)
+    return out
 
 
 _TOP_KEYS = set(Config.__dataclass_fields__)
@@ -368,6 +446,8 @@ _TOP_KEYS = set(Config.__dataclass_fields__)
 
 def load(raw: Mapping[str, Any] | None) -> Config:
     """Check a merged config mapping and freeze it. Raises ConfigError with the key path."""
+    from sidecar.policy import UNMATCHED, parse_rules  # policy raises this module's ConfigError
+
     m = _mapping("", raw or {}, _TOP_KEYS)
     d = Config(providers=())
     providers_raw = m.get("providers")
@@ -376,6 +456,11 @@ def load(raw: Mapping[str, Any] | None) -> Config:
     if not isinstance(providers_raw, list):
         raise ConfigError("providers", "expected a list of providers")
     providers = tuple(_provider(f"providers[{i}]", p, i) for i, p in enumerate(providers_raw))
+    names: dict[str, int] = {}
+    for i, p in enumerate(providers):
+        if p.name in names:
+            raise ConfigError(f"providers[{i}].name", f"{p.name!r} is already used by providers[{names[p.name]}]")
+        names[p.name] = i
     seen: dict[str, int] = {}
     for i, p in enumerate(providers):
         if p.issuer in seen:
@@ -406,6 +491,12 @@ def load(raw: Mapping[str, Any] | None) -> Config:
     upstream = _url("upstream", m.get("upstream", d.upstream))
     if urlsplit(upstream).path not in ("", "/") or urlsplit(upstream).query:
         raise ConfigError("upstream", "must be scheme://host:port only; the request path is forwarded as is")
+    unmatched = _str("unmatched", m.get("unmatched", d.unmatched))
+    if unmatched not in UNMATCHED:
+        raise ConfigError("unmatched", f"expected one of {', '.join(UNMATCHED)}, got {unmatched!r}")
+    rules = parse_rules(
+        m.get("rules"), {p.name for p in providers}, lambda raw, where: _claim_headers(raw, prefix, where), public
+    )
     return Config(
         providers=providers,
         listen=_hostport("listen", m.get("listen", d.listen)),
@@ -425,4 +516,9 @@ def load(raw: Mapping[str, Any] | None) -> Config:
         cors=_cors(m.get("cors")),
         jwks=_jwks(m.get("jwks")),
         limits=_limits(m.get("limits")),
+        rules=rules,
+        unmatched=unmatched,
+        route_metrics=_bool("route_metrics", m.get("route_metrics", False)),
+        decision=_decision(m.get("decision")),
+        websocket_close_on_expiry=_bool("websocket_close_on_expiry", m.get("websocket_close_on_expiry", True)),
     )

@@ -22,6 +22,11 @@ class Rejection(Exception):
     def __init__(self, description: str | None = None) -> None:
         super().__init__(description or self.summary)
         self.description = description or self.summary
+        # Set where a token was found: the log line derives kid, iss and a fingerprint from it (never
+        # logging the token), and a public path removes an optional token that failed from its source.
+        self.token: str | None = None
+        self.source: str | None = None
+        self.route: str | None = None  # the route rule that applied, for sidecar_route_requests_total
 
 
 # --- token problems: 401 (RFC 6750 invalid_token unless no token was sent) ---------------------------
@@ -106,11 +111,44 @@ class MultipleTokens(AuthFailure):
     summary = "more than one token in the request (RFC 6750 section 2)"
 
 
+class WrongTokenSource(AuthFailure):
+    reason = "wrong_token_source"
+    summary = "the token came from a place (cookie, header, query) its provider does not accept"
+
+
 class KeysUnavailable(AuthFailure):
     status = 503
     error = None
     reason = "keys_unavailable"
     summary = "no usable keys for the provider yet (or keys older than jwks.max_stale)"
+
+
+# --- valid token, not enough for this route: 403 (RFC 6750 insufficient_scope) -------------------------
+
+
+class Forbidden(AuthFailure):
+    status = 403
+    error: ClassVar[str | None] = "insufficient_scope"
+
+    def __init__(self, description: str | None = None, scope: str | None = None) -> None:
+        super().__init__(description)
+        self.scope = scope  # RFC 6750 §3: the scope the resource needs
+
+
+class InsufficientScope(Forbidden):
+    reason = "insufficient_scope"
+    summary = "the token lacks a scope the route requires"
+
+
+class ClaimMismatch(Forbidden):
+    reason = "claim_mismatch"
+    summary = "a claim, the client (azp/client_id) or the provider is not one the route accepts"
+
+
+class RouteDenied(Forbidden):
+    error = None
+    reason = "route_denied"
+    summary = "a rule (or unmatched: deny) refuses this method and path to everyone"
 
 
 # --- malformed HTTP requests --------------------------------------------------------------------------

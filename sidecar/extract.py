@@ -1,35 +1,86 @@
-"""Finding exactly one bearer token in a request (RFC 6750 §2), or saying precisely why not."""
+"""Finding exactly one token in a request (RFC 6750 §2), or saying precisely why not.
+
+Sources are the union of every provider's `token_sources`: `header` (Authorization: Bearer), `header:NAME`
+(the raw token in another header), `cookie:NAME`, `query:NAME`. A token in two places, or twice in one,
+is `multiple_tokens`; which provider may use which source is checked once the token's issuer is known.
+"""
 
 from __future__ import annotations
+
+from http.cookies import CookieError, SimpleCookie
 
 from multidict import CIMultiDictProxy, MultiMapping
 
 from sidecar.errors import Malformed, MissingToken, MultipleTokens, TokenTooLarge
 
 _TOKEN68 = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/=")
+BEARER = "header"
 
 
-def bearer_token(headers: CIMultiDictProxy[str], query: MultiMapping[str], max_bytes: int) -> str:
-    """The request's one bearer token. A token also in the query or sent twice is `multiple_tokens`."""
-    values = headers.getall("Authorization", ())
-    if len(values) > 1:
+def _bearer(values: list[str]) -> list[str]:
+    found = []
+    for value in values:
+        scheme, _, token = value.strip().partition(" ")
+        if scheme.lower() == "bearer":
+            found.append(token.strip(" "))
+    return found
+
+
+def _cookies(headers: CIMultiDictProxy[str], name: str) -> list[str]:
+    found = []
+    for header in headers.getall("Cookie", ()):
+        for part in header.split(";"):
+            key, eq, value = part.strip().partition("=")
+            if eq and key == name:
+                try:  # a quoted cookie value is unquoted the way browsers and frameworks read it
+                    jar: SimpleCookie = SimpleCookie()
+                    jar.load(f"{key}={value}")
+                    found.append(jar[key].value)
+                except (CookieError, KeyError):
+                    found.append(value)
+    return found
+
+
+def find_token(
+    headers: CIMultiDictProxy[str], query: MultiMapping[str], sources: tuple[str, ...], max_bytes: int
+) -> tuple[str, str]:
+    """The request's one token and the source it came from."""
+    if len(headers.getall("Authorization", ())) > 1:
         raise MultipleTokens("more than one Authorization header")
-    in_query = "access_token" in query
-    if not values:
-        if in_query:
-            # RFC 6750 §2.3 is off by default: URIs end up in logs, so tokens there are refused.
-            raise MissingToken("tokens in the query string are not accepted; use the Authorization header")
+    found: list[tuple[str, str]] = []
+    for source in sources:
+        kind, _, name = source.partition(":")
+        if source == BEARER:
+            values = _bearer(headers.getall("Authorization", []))
+        elif kind == "header":
+            values = [v.strip() for v in headers.getall(name, [])]
+        elif kind == "cookie":
+            values = _cookies(headers, name)
+        else:
+            values = list(query.getall(name, []))
+        found.extend((v, source) for v in values)
+    if "query:access_token" not in sources and "access_token" in query:
+        if found:
+            raise MultipleTokens("a token in the query string as well as in the request")
+        # RFC 6750 §2.3 is off unless configured: URIs end up in logs, so tokens there are refused
+        raise MissingToken("tokens in the query string are not accepted here; use the Authorization header")
+    if not found:
+        if any(source == BEARER for source in sources) and "Authorization" in headers:
+            raise MissingToken("Authorization scheme is not Bearer")
         raise MissingToken()
-    if in_query:
-        raise MultipleTokens("a token in both the Authorization header and the query string")
-    scheme, _, token = values[0].strip().partition(" ")
-    if scheme.lower() != "bearer":
-        raise MissingToken("Authorization scheme is not Bearer")
-    token = token.strip(" ")
+    if len(found) > 1:
+        where = sorted({s for _, s in found})
+        raise MultipleTokens(f"{len(found)} tokens in the request ({', '.join(where)}); send exactly one")
+    token, source = found[0]
     if not token:
         raise Malformed("empty bearer token")
     if len(token) > max_bytes:
         raise TokenTooLarge(f"token is {len(token)} bytes, limit {max_bytes}")
     if " " in token or not _TOKEN68.issuperset(token):
-        raise Malformed("the bearer token has characters outside RFC 6750 token68")
-    return token
+        raise Malformed("the token has characters outside RFC 6750 token68")
+    return token, source
+
+
+def bearer_token(headers: CIMultiDictProxy[str], query: MultiMapping[str], max_bytes: int) -> str:
+    """The one `Authorization: Bearer` token (the default source)."""
+    return find_token(headers, query, (BEARER,), max_bytes)[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from urllib.parse import unquote_plus
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -44,11 +45,10 @@ def identity_key(name: str) -> str:
 class HeaderPolicy:
     """Which client headers are dropped before a request reaches the app. Built once from config."""
 
-    __slots__ = ("_prefix", "authorization")
+    __slots__ = ("_prefix",)
 
-    def __init__(self, identity_prefix: str, keep_authorization: bool) -> None:
+    def __init__(self, identity_prefix: str) -> None:
         self._prefix = identity_key(identity_prefix)
-        self.authorization = keep_authorization
 
     def is_identity(self, name: str) -> bool:
         return identity_key(name).startswith(self._prefix)
@@ -62,8 +62,6 @@ class HeaderPolicy:
                 # `Connection: Authorization` must not strip the token the sidecar just verified
                 if token and token not in SIDECAR_SET and token != "authorization":
                     drop.add(token)
-        if not self.authorization:
-            drop.add("authorization")
         prefix = self._prefix
         out: CIMultiDict[str] = CIMultiDict()
         for name, value in headers.items():
@@ -72,6 +70,28 @@ class HeaderPolicy:
                 continue
             out.add(name, value)
         return out
+
+
+def remove_token(headers: CIMultiDict[str], query: str, sources: tuple[str, ...]) -> str:
+    """Remove a token from where it came (an optional token that did not verify); returns the new query."""
+    for source in sources:
+        kind, _, name = source.partition(":")
+        if source == "header":
+            headers.popall("Authorization", None)
+        elif kind == "header":
+            headers.popall(name, None)
+        elif kind == "cookie":
+            kept = [
+                part.strip()
+                for value in headers.popall("Cookie", ())
+                for part in value.split(";")
+                if part.strip() and part.strip().partition("=")[0] != name
+            ]
+            if kept:
+                headers["Cookie"] = "; ".join(kept)
+        elif kind == "query":
+            query = "&".join(p for p in query.split("&") if p and unquote_plus(p.partition("=")[0]) != name)
+    return query
 
 
 def header_safe(value: str) -> str:

@@ -131,6 +131,15 @@ class Metrics:
             multiprocess_mode="livemostrecent",
             registry=r,
         )
+        self.route_requests = Counter(
+            "sidecar_route_requests",
+            "Requests by route rule name and outcome (allowed, or the reason); only with route_metrics: true",
+            ["route", "outcome"],
+            registry=r,
+        )
+        self.websockets = Counter(
+            "sidecar_websocket_sessions", "WebSocket sessions proxied, by how they ended", ["end"], registry=r
+        )
         self.ready = Gauge(
             "sidecar_ready", "1 when every provider has usable keys", multiprocess_mode="livemin", registry=r
         )

@@ -23,15 +23,20 @@ def _quoted(text: str) -> str:
 
 
 def www_authenticate(realm: str, r: Rejection) -> str:
+    """RFC 6750 §3: no `error` when no token was sent; `scope` when a route needs scopes the token lacks."""
     if r.error is None:
         return f'Bearer realm="{realm}"'
-    return f'Bearer realm="{realm}", error="{r.error}", error_description="{_quoted(r.description)}"'
+    value = f'Bearer realm="{realm}", error="{r.error}", error_description="{_quoted(r.description)}"'
+    scope = getattr(r, "scope", None)
+    if scope:
+        value += f', scope="{_quoted(scope)}"'
+    return value
 
 
 def rejection(r: Rejection, realm: str, extra: Iterable[tuple[str, str]] = ()) -> web.Response:
     body = json.dumps({"status": r.status, "reason": r.reason, "description": r.description})
     resp = web.Response(status=r.status, text=body, content_type="application/json")
-    if r.family == "auth" and r.status in (400, 401):
+    if r.family == "auth" and (r.status in (400, 401) or r.error is not None):
         resp.headers["WWW-Authenticate"] = www_authenticate(realm, r)
     if r.status == 503:
         resp.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)

@@ -1,4 +1,4 @@
-"""Which requests need a token: the normalised path, and the public paths matched against it.
+"""Which requests need what: the normalised path, and the route rules matched against it.
 
 The path is decoded once and its dot segments and `//` resolved; that canonical form is both what rules
 match and what the app receives. A path that cannot be read one way only (double encoding, an encoded
@@ -8,7 +8,13 @@ it is forwarded exactly as sent, behind a verified token.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote, unquote
+
+from sidecar.config import Config
+from sidecar.policy import Rule, pattern_regex
 
 # Characters kept literal when the canonical path is re-encoded for the app.
 _SAFE = "/:@!$&'()*+,=-._~"
@@ -47,19 +53,143 @@ def encode(canonical: str) -> str:
     return quote(canonical, safe=_SAFE)
 
 
-class PublicPaths:
-    """Prefix matches on whole segments: `/public` covers `/public` and `/public/x`, not `/publicity`."""
+INSUFFICIENT_SCOPE, CLAIM_MISMATCH, WRONG_PROVIDER = 1, 2, 3  # verdict bytes; 0 means the token satisfies the rule
+UNMATCHED_ROUTE, AMBIGUOUS_ROUTE = "(unmatched)", "(ambiguous)"
 
-    __slots__ = ("_exact", "_prefixes")
 
-    def __init__(self, prefixes: tuple[str, ...]) -> None:
-        self._exact = frozenset(p.rstrip("/") or "/" for p in prefixes)
-        self._prefixes = tuple(p.rstrip("/") + "/" for p in prefixes)
+@dataclass(frozen=True, slots=True)
+class Route:
+    """What a request needs, once its method and normalised path are known."""
 
-    def __bool__(self) -> bool:
-        return bool(self._exact)
+    name: str
+    public: bool = False
+    deny: bool = False
+    rules: tuple[int, ...] = ()  # indices of rules whose requirements must all hold (empty: any valid token)
+    header_indices: tuple[int, ...] = ()  # into Config.all_claim_headers
+    strip_authorization: bool = False
 
-    def match(self, canonical: str | None) -> bool:
-        if canonical is None or not self._exact:
-            return False
-        return canonical in self._exact or canonical.startswith(self._prefixes)
+
+def token_scopes(claims: Mapping[str, Any]) -> set[str]:
+    """Scopes from `scope` (space-delimited string, RFC 8693) and `scp` (array or string, as Entra ID and Okta send)."""
+    out: set[str] = set()
+    for name in ("scope", "scp"):
+        v = claims.get(name)
+        if isinstance(v, str):
+            out.update(v.split())
+        elif isinstance(v, list):
+            out.update(x for x in v if isinstance(x, str))
+    return out
+
+
+def _same(value: Any, wanted: Any) -> bool:
+    if isinstance(value, bool) or isinstance(wanted, bool):
+        return type(value) is type(wanted) and value == wanted  # JSON true is not 1
+    return bool(value == wanted)
+
+
+def verdict(rule: Rule, claims: Mapping[str, Any], provider: str) -> int:
+    if rule.providers and provider not in rule.providers:
+        return WRONG_PROVIDER
+    if rule.scopes or rule.scopes_any:
+        have = token_scopes(claims)
+        if not have.issuperset(rule.scopes) or (rule.scopes_any and have.isdisjoint(rule.scopes_any)):
+            return INSUFFICIENT_SCOPE
+    for check in rule.claims:
+        value = claim_value(claims, check.claim)
+        if value is None:
+            return CLAIM_MISMATCH
+        if check.equals:
+            values = value if isinstance(value, list) else [value]
+            if not any(_same(v, w) for v in values for w in check.equals):
+                return CLAIM_MISMATCH
+    if rule.clients:
+        client = claims.get("azp", claims.get("client_id"))
+        if not isinstance(client, str) or client not in rule.clients:
+            return CLAIM_MISMATCH
+    return 0
+
+
+def claim_value(claims: Mapping[str, Any], path: str) -> Any:
+    """A claim by exact name, else by dotted path into nested objects (`realm_access.roles`)."""
+    if path in claims:
+        return claims[path]
+    node: Any = claims
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+class RuleSet:
+    """The configured rules, compiled once; `route()` is called on every request."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.rules = cfg.rules
+        self._checked = tuple(i for i, r in enumerate(cfg.rules) if r.needs_claims)
+        pairs = cfg.all_claim_headers
+        default_headers = tuple(pairs.index(p) for p in cfg.claim_headers)
+        self._matchers = [self._matcher(r) for r in cfg.rules]
+        self._routes = [
+            Route(
+                name=r.name,
+                public=r.public,
+                deny=r.deny,
+                rules=(i,) if r.needs_claims else (),
+                header_indices=default_headers
+                if r.claim_headers is None
+                else tuple(pairs.index(p) for p in r.claim_headers),
+                strip_authorization=cfg.strip_authorization if r.strip_authorization is None else r.strip_authorization,
+            )
+            for i, r in enumerate(cfg.rules)
+        ]
+        self._unmatched = Route(
+            name=UNMATCHED_ROUTE,
+            public=cfg.unmatched == "public",
+            deny=cfg.unmatched == "deny",
+            header_indices=default_headers,
+            strip_authorization=cfg.strip_authorization,
+        )
+        self._default_headers = default_headers
+        self._strip = cfg.strip_authorization
+        self._unmatched_deny = cfg.unmatched == "deny"
+        self.names = (*(r.name for r in cfg.rules), UNMATCHED_ROUTE, AMBIGUOUS_ROUTE)
+
+    @staticmethod
+    def _matcher(rule: Rule) -> Callable[[str], bool]:
+        if rule.kind == "exact":
+            exact = {rule.path, rule.path.rstrip("/") or "/", rule.path.rstrip("/") + "/"}
+            return exact.__contains__
+        if rule.kind == "prefix":
+            base = rule.path.rstrip("/")
+            if not base:
+                return lambda _path: True
+            below = base + "/"
+            return lambda path: path == base or path.startswith(below)
+        regex = pattern_regex(rule.path)
+        return lambda path: regex.fullmatch(path) is not None
+
+    def verdicts(self, claims: Mapping[str, Any], provider: str) -> bytes:
+        """One byte per rule (0: satisfied), computed once per verified token and cached with it."""
+        out = bytearray(len(self.rules))
+        for i in self._checked:
+            out[i] = verdict(self.rules[i], claims, provider)
+        return bytes(out)
+
+    def route(self, method: str, canonical: str | None) -> Route:
+        if canonical is not None:
+            for i, rule in enumerate(self.rules):
+                if (not rule.methods or method in rule.methods) and self._matchers[i](canonical):
+                    return self._routes[i]
+            return self._unmatched
+        # A path with no single reading must satisfy every rule it might be: never public, denied if any
+        # rule that applies to the method denies, and held to every requirement of the others.
+        applicable = [i for i, r in enumerate(self.rules) if not r.methods or method in r.methods]
+        deny = self._unmatched_deny or any(self.rules[i].deny for i in applicable)
+        return Route(
+            name=AMBIGUOUS_ROUTE,
+            deny=deny,
+            rules=tuple(i for i in applicable if self.rules[i].needs_claims),
+            header_indices=self._default_headers,
+            strip_authorization=self._strip or any(self._routes[i].strip_authorization for i in applicable),
+        )

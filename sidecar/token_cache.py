@@ -17,7 +17,7 @@ import struct
 from collections import OrderedDict
 from dataclasses import dataclass
 
-_HEAD = struct.Struct("<BHddd")  # provider index, kid index, exp, nbf, iat (NaN: absent)
+_HEAD = struct.Struct("<BHdddH")  # provider index, kid index, exp, nbf, iat (NaN: absent), verdict bytes
 _ABSENT = "\x01"  # claim values are header-safe (no control characters), so these markers cannot clash
 _SEP = "\x00"
 _NAN = math.nan
@@ -30,7 +30,8 @@ class VerifiedToken:
     exp: float | None
     nbf: float | None
     iat: float | None
-    claim_headers: tuple[tuple[str, str], ...]
+    claim_values: tuple[str | None, ...]  # aligned with Config.all_claim_headers; None: claim absent
+    verdicts: bytes = b""  # one byte per rule, 0 where the token satisfies the rule (rules.verdict)
 
 
 def _opt(v: float) -> float | None:
@@ -38,12 +39,12 @@ def _opt(v: float) -> float | None:
 
 
 class TokenCache:
-    __slots__ = ("_entries", "_kid_index", "_kids", "_max", "_names")
+    __slots__ = ("_entries", "_kid_index", "_kids", "_max", "_values")
 
-    def __init__(self, max_entries: int, claim_header_names: tuple[str, ...] = ()) -> None:
+    def __init__(self, max_entries: int, claim_values: int = 0) -> None:
         self._entries: OrderedDict[bytes, bytes] = OrderedDict()
         self._max = max_entries
-        self._names = claim_header_names
+        self._values = claim_values
         self._kids: list[str | None] = []
         self._kid_index: dict[str | None, int] = {}
 
@@ -52,12 +53,12 @@ class TokenCache:
         if blob is None:
             return None
         self._entries.move_to_end(digest)
-        provider, kid, exp, nbf, iat = _HEAD.unpack_from(blob)
-        headers: tuple[tuple[str, str], ...] = ()
-        if self._names:
-            values = blob[_HEAD.size :].decode().split(_SEP)
-            headers = tuple((n, v) for n, v in zip(self._names, values, strict=True) if v != _ABSENT)
-        return VerifiedToken(provider, self._kids[kid], _opt(exp), _opt(nbf), _opt(iat), headers)
+        provider, kid, exp, nbf, iat, n = _HEAD.unpack_from(blob)
+        at = _HEAD.size + n
+        values: tuple[str | None, ...] = ()
+        if self._values:
+            values = tuple(None if v == _ABSENT else v for v in blob[at:].decode().split(_SEP))
+        return VerifiedToken(provider, self._kids[kid], _opt(exp), _opt(nbf), _opt(iat), values, blob[_HEAD.size : at])
 
     def put(self, digest: bytes, entry: VerifiedToken) -> None:
         if self._max <= 0:
@@ -68,16 +69,19 @@ class TokenCache:
                 return  # only trusted kids get here, so this is never reached in practice; stay correct anyway
             kid = self._kid_index[entry.kid] = len(self._kids)
             self._kids.append(entry.kid)
-        blob = _HEAD.pack(
-            entry.provider,
-            kid,
-            _NAN if entry.exp is None else entry.exp,
-            _NAN if entry.nbf is None else entry.nbf,
-            _NAN if entry.iat is None else entry.iat,
+        blob = (
+            _HEAD.pack(
+                entry.provider,
+                kid,
+                _NAN if entry.exp is None else entry.exp,
+                _NAN if entry.nbf is None else entry.nbf,
+                _NAN if entry.iat is None else entry.iat,
+                len(entry.verdicts),
+            )
+            + entry.verdicts
         )
-        if self._names:
-            present = dict(entry.claim_headers)
-            blob += _SEP.join(present.get(n, _ABSENT) for n in self._names).encode()
+        if self._values:
+            blob += _SEP.join(_ABSENT if v is None else v for v in entry.claim_values).encode()
         self._entries[digest] = blob
         self._entries.move_to_end(digest)
         if len(self._entries) > self._max:

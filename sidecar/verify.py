@@ -21,6 +21,7 @@ from sidecar.config import Config, Provider
 from sidecar.fetcher import ProviderKeys
 from sidecar.headers import header_safe
 from sidecar.metrics import Metrics
+from sidecar.rules import RuleSet, claim_value
 from sidecar.token_cache import TokenCache, VerifiedToken
 
 # JOSE header parameters that would make a verifier fetch or trust key material named by the token
@@ -53,18 +54,6 @@ def _number(claims: Mapping[str, Any], name: str) -> float | None:
     return f
 
 
-def claim_value(claims: Mapping[str, Any], path: str) -> Any:
-    """A claim by exact name, else by dotted path into nested objects (`realm_access.roles`)."""
-    if path in claims:
-        return claims[path]
-    node: Any = claims
-    for part in path.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def render(value: Any) -> str | None:
     if value is None:
         return None
@@ -78,12 +67,14 @@ def render(value: Any) -> str | None:
 
 
 class Verifier:
-    def __init__(self, cfg: Config, keys: list[ProviderKeys], clock: Clock, metrics: Metrics) -> None:
+    def __init__(self, cfg: Config, keys: list[ProviderKeys], clock: Clock, metrics: Metrics, rules: RuleSet) -> None:
         self.cfg = cfg
         self.keys = keys
         self.clock = clock
         self.metrics = metrics
-        self.cache = TokenCache(cfg.token_cache_size, tuple(name for name, _ in cfg.claim_headers))
+        self.rules = rules
+        self._claim_paths = tuple(claim for _, claim in cfg.all_claim_headers)
+        self.cache = TokenCache(cfg.token_cache_size, len(self._claim_paths))
         self.leeway = cfg.leeway
         self.grace = cfg.expired_grace
         self._by_issuer = {p.issuer: i for i, p in enumerate(cfg.providers)}
@@ -203,9 +194,12 @@ class Verifier:
         for name in ("sub", "jti", "azp", "scope"):
             if name in claims and not isinstance(claims[name], str):
                 raise errors.InvalidClaim(f"{name} must be a string")
-        headers = tuple(
-            (name, value)
-            for name, path in self.cfg.claim_headers
-            if (value := render(claim_value(claims, path))) is not None
+        return VerifiedToken(
+            provider=index,
+            kid=kid,
+            exp=exp,
+            nbf=nbf,
+            iat=iat,
+            claim_values=tuple(render(claim_value(claims, path)) for path in self._claim_paths),
+            verdicts=self.rules.verdicts(claims, provider.name),
         )
-        return VerifiedToken(provider=index, kid=kid, exp=exp, nbf=nbf, iat=iat, claim_headers=headers)

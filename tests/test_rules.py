@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.rules import PublicPaths, encode, normalise
+from sidecar.config import load
+from sidecar.rules import RuleSet, encode, normalise
 
 
 @pytest.mark.parametrize(
@@ -45,11 +46,18 @@ def test_an_ambiguous_path_has_no_canonical_form(raw: str) -> None:
     assert normalise(raw) is None
 
 
+BASE = {"providers": [{"issuer": "https://i", "audiences": ["a"], "jwks_url": "https://i/j"}]}
+
+
 def test_public_prefixes_match_whole_segments_only() -> None:
-    pub = PublicPaths(("/public", "/health/"))
-    assert pub.match("/public") and pub.match("/public/x") and pub.match("/health") and pub.match("/health/live")
-    assert not pub.match("/publicity") and not pub.match("/PUBLIC/x") and not pub.match(None)
-    assert not PublicPaths(()).match("/public")
+    rules = RuleSet(load({**BASE, "public_paths": ["/public", "/health/"]}))
+
+    def public(path: str | None) -> bool:
+        return rules.route("GET", path).public
+
+    assert public("/public") and public("/public/x") and public("/health") and public("/health/live")
+    assert not public("/publicity") and not public("/PUBLIC/x") and not public(None)
+    assert not RuleSet(load(BASE)).route("GET", "/public").public
 
 
 def test_the_canonical_form_is_re_encoded_for_the_app() -> None:

@@ -8,7 +8,8 @@ import jwt
 import pytest
 
 from sidecar.devtools.issuer import DevIssuer
-from sidecar.verify import claim_value, render
+from sidecar.rules import claim_value
+from sidecar.verify import render
 from tests.conftest import InProc, MakeSidecar, Upstream
 from tests.support import ThreadedServer
 

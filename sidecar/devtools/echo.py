@@ -11,7 +11,22 @@ from aiohttp import web
 RECORD = web.AppKey("record", list)
 
 
+async def websocket_echo(request: web.Request) -> web.StreamResponse:
+    """First message: what reached the app (path and headers); then every message echoed back."""
+    ws = web.WebSocketResponse(protocols=("echo",))
+    await ws.prepare(request)
+    await ws.send_json({"path": request.raw_path, "headers": [[k, v] for k, v in request.headers.items()]})
+    async for msg in ws:
+        if msg.type == web.WSMsgType.TEXT:
+            await ws.send_str(msg.data)
+        elif msg.type == web.WSMsgType.BINARY:
+            await ws.send_bytes(msg.data)
+    return ws
+
+
 async def echo(request: web.Request) -> web.StreamResponse:
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return await websocket_echo(request)
     q = request.query
     if "echo_sleep" in q:
         await asyncio.sleep(float(q["echo_sleep"]))

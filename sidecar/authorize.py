@@ -1,0 +1,101 @@
+"""The decision for one request: which route applies, which token, verified how, allowed or not.
+
+Shared by the proxy (`app.handle`) and the decision endpoint (`decision.py`), so both answer alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from multidict import CIMultiDictProxy, MultiMapping
+
+from sidecar import errors
+from sidecar.extract import find_token
+from sidecar.rules import CLAIM_MISMATCH, INSUFFICIENT_SCOPE, WRONG_PROVIDER, Route
+
+if TYPE_CHECKING:
+    from sidecar.app import Sidecar
+    from sidecar.token_cache import VerifiedToken
+
+
+@dataclass(frozen=True, slots=True)
+class Allowed:
+    route: Route
+    identity: tuple[tuple[str, str], ...]  # headers for the app: claim headers and, in grace, the grace header
+    drop_authorization: bool  # strip Authorization on the way (configured for the route)
+    verified: VerifiedToken | None
+    token: str | None
+    drop_source: str | None = None  # an optional token on a public path that did not verify: remove it
+
+
+async def authorize(
+    s: Sidecar, method: str, canonical: str | None, headers: CIMultiDictProxy[str], query: MultiMapping[str]
+) -> Allowed:
+    """Allowed, or raises the `Rejection` that says why not."""
+    route = s.rules.route(method, canonical)
+    try:
+        return await _decide(s, route, headers, query, method)
+    except errors.Rejection as r:
+        r.route = route.name
+        raise
+
+
+async def _decide(
+    s: Sidecar, route: Route, headers: CIMultiDictProxy[str], query: MultiMapping[str], method: str
+) -> Allowed:
+    if route.deny:
+        raise errors.RouteDenied(f"{method} on this path is refused by rule {route.name!r}")
+    if route.public:
+        s.metrics.public_requests.inc()
+        # A token on a public path is optional: verified, it adds identity; otherwise it never reaches the
+        # app, so an app can trust any token it does receive. (`Authorization: Basic` is not a token.)
+        try:
+            return await _with_token(s, route, headers, query)
+        except errors.MissingToken:
+            return Allowed(route, (), route.strip_authorization, None, None)
+        except errors.Rejection as r:
+            return Allowed(route, (), route.strip_authorization, None, None, drop_source=r.source or "header")
+    allowed = await _with_token(s, route, headers, query)
+    s.metrics.auth_success.inc()
+    return allowed
+
+
+async def _with_token(s: Sidecar, route: Route, headers: CIMultiDictProxy[str], query: MultiMapping[str]) -> Allowed:
+    try:
+        token, source = find_token(headers, query, s.token_sources, s.cfg.limits.max_token_bytes)
+    except errors.MultipleTokens as r:
+        r.source = "*"
+        raise
+    try:
+        return await _verified(s, route, token, source)
+    except errors.Rejection as r:
+        r.token, r.source = token, source
+        raise
+
+
+async def _verified(s: Sidecar, route: Route, token: str, source: str) -> Allowed:
+    started = s.clock.monotonic()
+    verified, grace = await s.verifier.verify(token)
+    s.metrics.validation_seconds.observe(s.clock.monotonic() - started)
+    provider = s.cfg.providers[verified.provider]
+    if source not in provider.token_sources:
+        raise errors.WrongTokenSource(f"provider {provider.name!r} does not accept tokens from {source}")
+    for i in route.rules:
+        code = verified.verdicts[i]
+        if code:
+            rule = s.rules.rules[i]
+            if code == INSUFFICIENT_SCOPE:
+                needed = " ".join((*rule.scopes, *rule.scopes_any))
+                raise errors.InsufficientScope(f"route {rule.name!r} needs scope {needed}", scope=needed)
+            what = "a token from another provider" if code == WRONG_PROVIDER else "other claim values"
+            assert code in (CLAIM_MISMATCH, WRONG_PROVIDER)
+            raise errors.ClaimMismatch(f"route {rule.name!r} needs {what}")
+    pairs = s.cfg.all_claim_headers
+    identity = tuple(
+        (pairs[i][0], value) for i in route.header_indices if (value := verified.claim_values[i]) is not None
+    )
+    if grace is not None:
+        s.metrics.grace_accepted.inc()
+        identity = (*identity, (s.grace_header, str(int(grace))))
+    return Allowed(route, identity, route.strip_authorization, verified, token)
