@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from sidecar.cli import FLAGS
-from sidecar.config import Config, Cors, Jwks, Limits, Provider
+from sidecar.config import Config, Cors, Decision, Jwks, Limits, Provider
 from sidecar.errors import all_reasons
 from sidecar.metrics import Metrics
 
@@ -35,9 +35,9 @@ def test_every_flag_and_its_environment_twin_are_documented() -> None:
 
 
 def test_every_config_key_is_documented() -> None:
-    for section, cls in (("", Config), ("cors.", Cors), ("jwks.", Jwks), ("limits.", Limits)):
+    for section, cls in (("", Config), ("cors.", Cors), ("jwks.", Jwks), ("limits.", Limits), ("decision.", Decision)):
         for key in cls.__dataclass_fields__:
-            if key in ("providers", "cors", "jwks", "limits"):
+            if key in ("providers", "cors", "jwks", "limits", "decision"):
                 continue
             assert f"`{section}{key}`" in README or f"`{key}`" in README, section + key
     for key in Provider.__dataclass_fields__:
