@@ -15,6 +15,7 @@ from sidecar.headers import HOP_BY_HOP
 from sidecar.metrics import Metrics
 
 _CHUNK = 65536
+_BUFFERED = 65536  # responses up to this size (with a Content-Length) are sent in one piece
 _NO_AUTO = ("Accept-Encoding", "User-Agent", "Content-Type")
 
 
@@ -73,14 +74,15 @@ async def forward(
             chunked=None,
         ) as resp:
             metrics.upstream_seconds.observe(loop.time() - started)
+            length = resp.content_length
+            if length is not None and length <= _BUFFERED and request.method != "HEAD":
+                # A small body of known length goes out in one write with its headers: measured cheaper
+                # than a streamed response for the typical API answer.
+                small = web.Response(status=resp.status, reason=resp.reason, body=await resp.read())
+                _copy_headers(resp, small, extra, keep_length=False)
+                return small
             out = web.StreamResponse(status=resp.status, reason=resp.reason)
-            conn_named = {t.strip().lower() for v in resp.headers.getall("Connection", ()) for t in v.split(",")}
-            for name, value in resp.headers.items():
-                low = name.lower()
-                if low not in HOP_BY_HOP and low not in conn_named:
-                    out.headers.add(name, value)
-            for name, value in extra:
-                out.headers.add(name, value)
+            _copy_headers(resp, out, extra)
             if "Content-Length" not in resp.headers and request.method != "HEAD":
                 out.enable_chunked_encoding()
             await out.prepare(request)
@@ -100,6 +102,20 @@ async def forward(
         if body is not None and body.exceeded:
             raise errors.BodyTooLarge(f"body exceeds {max_body} bytes") from None
         raise _classify(e, request, metrics) from None
+
+
+def _copy_headers(
+    resp: aiohttp.ClientResponse, out: web.StreamResponse, extra: tuple[tuple[str, str], ...], keep_length: bool = True
+) -> None:
+    named = resp.headers.getall("Connection", ())
+    conn_named = {t.strip().lower() for v in named for t in v.split(",")} if named else set()
+    headers = out.headers
+    for name, value in resp.headers.items():
+        low = name.lower()
+        if low not in HOP_BY_HOP and low not in conn_named and (keep_length or low != "content-length"):
+            headers.add(name, value)
+    for name, value in extra:
+        headers.add(name, value)
 
 
 def _classify(e: Exception, request: web.Request, metrics: Metrics) -> BaseException:

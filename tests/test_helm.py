@@ -483,21 +483,31 @@ def test_standalone_requires_the_app_image() -> None:
 # --- the pod -------------------------------------------------------------------------------------------
 
 
+def decision_port(docs: list[dict[str, Any]]) -> int | None:
+    listen = (yaml.safe_load(config_of(docs)[0]) or {}).get("decision", {}).get("listen")
+    return int(listen.rsplit(":", 1)[1]) if listen else None
+
+
 def test_service_targets_the_sidecar_never_the_app(rendered_ci: dict[str, list[dict[str, Any]]]) -> None:
     for name, docs in rendered_ci.items():
+        decide = decision_port(docs)
         for svc in by_kind(docs, "Service"):
             targets = {p["targetPort"] for p in svc["spec"]["ports"]}
-            assert targets <= {"sidecar-http", "sidecar-admin"}, name
+            assert targets <= {"sidecar-http", "sidecar-admin", "sidecar-decide"}, name
         if by_kind(docs, "Deployment"):
             spec = pod_spec(docs)
             ports = {p["name"]: p["containerPort"] for p in sidecar_container(spec)["ports"]}
-            assert ports == {"sidecar-http": 8000, "sidecar-admin": 9901}
+            expected = {"sidecar-http": 8000, "sidecar-admin": 9901} | ({"sidecar-decide": decide} if decide else {})
+            assert ports == expected
             main = [
                 s
                 for s in by_kind(docs, "Service")
                 if s["metadata"]["labels"].get("app.kubernetes.io/component") == "proxy"
             ]
-            assert [p["targetPort"] for p in main[0]["spec"]["ports"]] == ["sidecar-http"]
+            # the decision endpoint is a port of its own on the same Service, for the gateway
+            assert [p["targetPort"] for p in main[0]["spec"]["ports"]] == ["sidecar-http"] + (
+                ["sidecar-decide"] if decide else []
+            )
 
 
 def test_sidecar_security_probes_and_volumes(rendered_ci: dict[str, list[dict[str, Any]]]) -> None:
@@ -588,7 +598,7 @@ def test_network_policy_never_opens_the_app_port(rendered_ci: dict[str, list[dic
     docs = rendered_ci["standalone-values.yaml"]
     np = one(docs, "NetworkPolicy")
     ports = {p["port"] for rule in np["spec"]["ingress"] for p in rule["ports"]}
-    assert ports == {8000, 9901}
+    assert ports == {8000, 9901, decision_port(docs)}  # the sidecar's listeners, never the app's 9000
     assert np["spec"]["policyTypes"] == ["Ingress", "Egress"]
     assert (
         np["spec"]["podSelector"]["matchLabels"] == one(docs, "Deployment")["spec"]["selector"]["matchLabels"]

@@ -116,6 +116,12 @@ with the container port the probes and Service use.
 {{- toYaml $cfg -}}
 {{- end }}
 
+{{/* The decision listener's port when sidecar.config.decision.listen is set, else nothing. */}}
+{{- define "jwt-sidecar.decisionPort" -}}
+{{- $decision := (.Values.sidecar.config | default dict).decision | default dict -}}
+{{- with $decision.listen -}}{{- regexReplaceAll "^.*:" (toString .) "" -}}{{- end -}}
+{{- end }}
+
 {{- define "jwt-sidecar.drainSeconds" -}}
 {{- $limits := (.Values.sidecar.config | default dict).limits | default dict -}}
 {{- include "jwt-sidecar.seconds" (hasKey $limits "drain_timeout" | ternary $limits.drain_timeout 20) -}}
@@ -156,6 +162,11 @@ The sidecar container (one list item). Input: a context whose .Values are this c
     - name: sidecar-admin
       containerPort: {{ $s.adminPort }}
       protocol: TCP
+    {{- with include "jwt-sidecar.decisionPort" . }}
+    - name: sidecar-decide
+      containerPort: {{ . }}
+      protocol: TCP
+    {{- end }}
   {{- with $s.env }}
   env:
     {{- toYaml . | nindent 4 }}
