@@ -229,6 +229,7 @@ async def _gauges(s: Sidecar) -> None:
         for pk in s.keys:
             pk.update_gauges()
         s.metrics.ready.set(1 if s.ready() else 0)
+        s.metrics.token_cache_entries.set(len(s.verifier.cache))
         await asyncio.sleep(1.0)
 
 

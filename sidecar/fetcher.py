@@ -8,6 +8,7 @@ injected clock, so tests drive refresh, staleness and cooldown by moving a fake 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -53,6 +54,9 @@ class ProviderKeys:
         self.last_error: str | None = None
         self._inflight: asyncio.Task[bool] | None = None
         self._last_refetch: float | None = None
+        self._deferred = False  # an unknown-kid refetch was suppressed: run one when the cooldown ends
+        self._next_refresh_at = 0.0  # monotonic; set after every refresh attempt (with jitter)
+        self._wake = asyncio.Event()
         self._allowed = frozenset(provider.algorithms)
         metrics.provider(provider.name)
 
@@ -79,13 +83,20 @@ class ProviderKeys:
             return 0.0
         return max(0.0, self.clock.monotonic() - self.fetched_at - self.fresh_for)
 
-    def next_refresh_in(self) -> float:
-        """Seconds until the next background refresh, with ±10 % jitter so a fleet does not fetch at once."""
-        if self.fetched_at is None:
-            return 0.0
+    def _schedule_refresh(self) -> None:
+        """Next background refresh: the set's lifetime, or a shorter retry after a failure; ±10 % jitter so
+        a fleet of pods does not fetch at once."""
         base = self.fresh_for if self.last_error is None else min(self.fresh_for, max(5.0, self.cfg.refetch_cooldown))
-        due = self.fetched_at + base - self.clock.monotonic() if self.last_error is None else base
-        return max(0.0, due) * random.uniform(0.9, 1.0)
+        self._next_refresh_at = self.clock.monotonic() + base * random.uniform(0.9, 1.0)
+
+    def next_refresh_in(self) -> float:
+        return max(0.0, self._next_refresh_at - self.clock.monotonic())
+
+    def deferred_refetch_in(self) -> float | None:
+        """Seconds until the deferred unknown-kid refetch may run, or None when none is pending."""
+        if not self._deferred or self._last_refetch is None:
+            return None
+        return max(0.0, self._last_refetch + self.cfg.refetch_cooldown - self.clock.monotonic())
 
     # --- fetching -----------------------------------------------------------------------------------
 
@@ -105,6 +116,7 @@ class ProviderKeys:
         self.last_error = None
         if max_age is not None:
             self.fresh_for = min(max(float(max_age), self.cfg.min_refresh), self.cfg.max_refresh)
+        self._schedule_refresh()
         m = self.metrics
         m.jwks_fetches.labels(name, "success").inc()
         for reason, n in ignored.items():
@@ -123,6 +135,7 @@ class ProviderKeys:
     def _failed(self, result: str, detail: str) -> bool:
         self.metrics.jwks_fetches.labels(self.provider.name, result).inc()
         self.last_error = detail
+        self._schedule_refresh()
         log.warning(
             "jwks fetch failed; keeping last good keys",
             extra={"provider": self.provider.name, "error": detail},
@@ -136,13 +149,29 @@ class ProviderKeys:
                 now = self.clock.monotonic()
                 if self._last_refetch is not None and now - self._last_refetch < self.cfg.refetch_cooldown:
                     self.metrics.jwks_refetches.labels(self.provider.name, "suppressed").inc()
+                    # A real rotation may hide behind a bogus kid that used up the cooldown: one deferred
+                    # refetch runs when it ends, so a new key is learned within the cooldown at worst.
+                    self._deferred = True
+                    self._wake.set()
                     return False
-                self._last_refetch = now
-                self.metrics.jwks_refetches.labels(self.provider.name, "fetched").inc()
-                self._inflight = asyncio.ensure_future(self.refresh())
-                self._inflight.add_done_callback(self._clear_inflight)
+                self._start_refetch(now)
+            assert self._inflight is not None
             await asyncio.shield(self._inflight)
         return self.trusted(kid)
+
+    def _start_refetch(self, now: float) -> None:
+        self._last_refetch = now
+        self._deferred = False
+        self.metrics.jwks_refetches.labels(self.provider.name, "fetched").inc()
+        self._inflight = asyncio.ensure_future(self.refresh())
+        self._inflight.add_done_callback(self._clear_inflight)
+
+    async def run_deferred_refetch(self) -> bool:
+        """The suppressed refetch, once the cooldown is over (called by `keep_fresh`)."""
+        if self._inflight is None:
+            self._start_refetch(self.clock.monotonic())
+        assert self._inflight is not None
+        return await asyncio.shield(self._inflight)
 
     def _clear_inflight(self, _: asyncio.Task[bool]) -> None:
         self._inflight = None
@@ -201,13 +230,26 @@ class ProviderKeys:
     # --- background lifecycle -----------------------------------------------------------------------
 
     async def keep_fresh(self) -> None:
-        """First fetch with backoff and jitter until it succeeds, then refresh before expiry, forever."""
+        """First fetch with backoff and jitter until it succeeds, then refresh before expiry, forever;
+        also runs a deferred unknown-kid refetch as soon as its cooldown ends."""
         delay = 0.5
         while not await self.refresh():
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, 30.0)
         while True:
-            await asyncio.sleep(self.next_refresh_in())
+            self._wake.clear()
+            deferred = self.deferred_refetch_in()
+            wait = self.next_refresh_in() if deferred is None else min(deferred, self.next_refresh_in())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=wait)
+            await self.tick()
+
+    async def tick(self) -> None:
+        """Do whatever is due now: the deferred refetch, or the background refresh."""
+        deferred = self.deferred_refetch_in()
+        if deferred is not None and deferred <= 0:
+            await self.run_deferred_refetch()
+        elif self.next_refresh_in() <= 0:
             await self.refresh()
 
     def update_gauges(self) -> None:

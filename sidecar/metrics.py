@@ -71,6 +71,12 @@ class Metrics:
         self.token_cache = Counter(
             "sidecar_token_cache_lookups", "Verified-token cache lookups, by result", ["result"], registry=r
         )
+        self.token_cache_entries = Gauge(
+            "sidecar_token_cache_entries",
+            "Verified tokens held in the cache (bounded by token_cache_size)",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.jwks_fetches = Counter(
             "sidecar_jwks_fetches",
             "JWKS and discovery fetches, by provider and result",

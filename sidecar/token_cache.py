@@ -5,17 +5,20 @@ The key is the token's full SHA-256 digest: two tokens share an entry only throu
 Expiry, grace and not-before are re-checked by the caller on every hit with the current clock, and a hit
 whose key is no longer trusted (revoked, retention over) is treated as a miss.
 
-Each entry is one packed `bytes` in an `OrderedDict` LRU. Measured with 100,000 entries: about 25 MB,
-against 58 MB for dataclass entries in cachetools' `LRUCache` and 31 MB for packed entries there
-(it keeps a second ordered map per key). The difference decides whether a worker stays under 80 MB RSS.
+Each entry is one packed `bytes` in a plain dict kept in LRU order (a hit moves to the end). Measured with
+100,000 entries: about 20 MB, against 58 MB for dataclass entries in cachetools' `LRUCache`, 31 MB for
+packed entries there (it keeps a second ordered map per key) and 26 MB in an `OrderedDict` (a linked-list
+node per key). The difference decides whether a worker stays under 80 MB RSS. Past the bound the oldest
+1 % go in one pass: finding a dict's oldest entry scans the slots deleted before it, and one pass pays
+that scan once per hundred evictions instead of once per eviction.
 """
 
 from __future__ import annotations
 
 import math
 import struct
-from collections import OrderedDict
 from dataclasses import dataclass
+from itertools import islice
 
 _HEAD = struct.Struct("<BHdddH")  # provider index, kid index, exp, nbf, iat (NaN: absent), verdict bytes
 _ABSENT = "\x01"  # claim values are header-safe (no control characters), so these markers cannot clash
@@ -42,17 +45,17 @@ class TokenCache:
     __slots__ = ("_entries", "_kid_index", "_kids", "_max", "_values")
 
     def __init__(self, max_entries: int, claim_values: int = 0) -> None:
-        self._entries: OrderedDict[bytes, bytes] = OrderedDict()
+        self._entries: dict[bytes, bytes] = {}
         self._max = max_entries
         self._values = claim_values
         self._kids: list[str | None] = []
         self._kid_index: dict[str | None, int] = {}
 
     def get(self, digest: bytes) -> VerifiedToken | None:
-        blob = self._entries.get(digest)
+        blob = self._entries.pop(digest, None)
         if blob is None:
             return None
-        self._entries.move_to_end(digest)
+        self._entries[digest] = blob  # now the most recently used
         provider, kid, exp, nbf, iat, n = _HEAD.unpack_from(blob)
         at = _HEAD.size + n
         values: tuple[str | None, ...] = ()
@@ -82,10 +85,11 @@ class TokenCache:
         )
         if self._values:
             blob += _SEP.join(_ABSENT if v is None else v for v in entry.claim_values).encode()
+        self._entries.pop(digest, None)
         self._entries[digest] = blob
-        self._entries.move_to_end(digest)
         if len(self._entries) > self._max:
-            self._entries.popitem(last=False)
+            for old in list(islice(self._entries, max(1, self._max // 100))):
+                del self._entries[old]
 
     def discard(self, digest: bytes) -> None:
         self._entries.pop(digest, None)

@@ -303,3 +303,54 @@ async def test_admin_actions_answer_only_on_loopback_by_default(
     off = await make_sidecar(fresh_issuer, admin_actions="off")
     r = await off.admin.get("/admin/keys")
     assert r.status == 403 and (await r.json())["reason"] == "admin_actions_disabled"
+
+
+async def test_a_rotation_hidden_behind_a_bogus_kid_is_learned_when_the_cooldown_ends(
+    fresh_issuer: DevIssuer, make_sidecar: MakeSidecar
+) -> None:
+    sc = await make_sidecar(fresh_issuer)
+    pk = sc.state.keys[0]
+    attacker = new_key("RS256", kid="bogus")
+    assert await status_of(sc, fresh_issuer.mint(key=attacker, now=sc.clock.now())) == (401, "unknown_kid")
+    assert fresh_issuer.jwks_fetches == 2  # the bogus kid used up this cooldown's refetch
+    fresh_issuer.rotate()
+    sc.clock.advance(5)
+    new_token = fresh_issuer.mint(now=sc.clock.now())
+    assert await status_of(sc, new_token) == (401, "unknown_kid")  # suppressed: the bound holds
+    assert pk.deferred_refetch_in() == COOLDOWN - 5
+    sc.clock.advance(COOLDOWN - 5)
+    await pk.tick()  # what the background refresher does when it wakes
+    assert fresh_issuer.jwks_fetches == 3
+    assert await status_of(sc, new_token) == (200, None)
+    # the deferred fetch counts as the cooldown's one: more bogus kids still cost nothing extra
+    assert await status_of(sc, fresh_issuer.mint(key=attacker, now=sc.clock.now())) == (401, "unknown_kid")
+    assert fresh_issuer.jwks_fetches == 3
+
+
+async def test_the_background_refresh_runs_when_due_and_not_before(
+    fresh_issuer: DevIssuer, make_sidecar: MakeSidecar
+) -> None:
+    sc = await make_sidecar(fresh_issuer)
+    pk = sc.state.keys[0]
+    assert REFRESH * 0.9 <= pk.next_refresh_in() <= REFRESH  # jittered, never later than the refresh interval
+    sc.clock.advance(REFRESH * 0.5)
+    await pk.tick()
+    assert fresh_issuer.jwks_fetches == 1
+    sc.clock.advance(REFRESH * 0.5)
+    await pk.tick()
+    assert fresh_issuer.jwks_fetches == 2
+
+
+async def test_after_a_failed_refresh_the_next_try_comes_sooner(
+    fresh_issuer: DevIssuer, make_sidecar: MakeSidecar
+) -> None:
+    sc = await make_sidecar(fresh_issuer)
+    pk = sc.state.keys[0]
+    fresh_issuer.outage = "500"
+    sc.clock.advance(REFRESH)
+    await pk.tick()
+    assert pk.next_refresh_in() <= COOLDOWN  # retry after max(5 s, refetch_cooldown), not a whole interval
+    fresh_issuer.outage = "off"
+    sc.clock.advance(COOLDOWN)
+    await pk.tick()
+    assert pk.last_error is None and fresh_issuer.jwks_fetches == 3

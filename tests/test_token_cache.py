@@ -34,6 +34,17 @@ def test_the_bound_holds_and_the_least_recently_used_goes_first() -> None:
     assert len(cache) == 3 and cache.get(d(1)) is None and cache.get(d(0)) is not None
 
 
+def test_past_a_large_bound_the_oldest_hundredth_goes_in_one_pass() -> None:
+    cache = TokenCache(1000, 2)
+    for i in range(1000):
+        cache.put(d(i), entry(i))
+    cache.get(d(0))
+    cache.put(d(1000), entry(1000))
+    assert len(cache) == 991  # 1001 entries, then the oldest 1 % (10) in one pass: never above the bound
+    assert cache.get(d(0)) is not None and cache.get(d(1000)) is not None
+    assert all(cache.get(d(i)) is None for i in range(1, 11)) and cache.get(d(11)) is not None
+
+
 def test_a_size_of_zero_turns_the_cache_off() -> None:
     cache = TokenCache(0, 2)
     cache.put(d(1), entry(1))
