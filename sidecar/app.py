@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import hashlib
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -179,8 +178,8 @@ def _reject(
         m.requests_rejected.labels(r.reason).inc()
     # CORS headers go on every answer to an allowed origin, except a rejected preflight (that is the point)
     extra = () if isinstance(r, errors.CorsRejected) else cors_extra
-    token = r.token
-    fp = hashlib.sha256(token.encode()).digest()[:6].hex() if token else None
+    if not log.isEnabledFor(logging.INFO):
+        return rejection(r, s.cfg.realm, extra)
     log.info(
         "rejected",
         extra={
@@ -191,7 +190,7 @@ def _reject(
             "method": request.method,
             "path": request.path[:512],
             "peer": request.remote,
-            **token_context(token, fp),
+            **token_context(r.token, r.context),
         },
     )
     return rejection(r, s.cfg.realm, extra)

@@ -27,6 +27,7 @@ class Rejection(Exception):
         self.token: str | None = None
         self.source: str | None = None
         self.route: str | None = None  # the route rule that applied, for sidecar_route_requests_total
+        self.context: dict[str, object] = {}  # kid/alg/iss already known where it was raised, for the log line
 
 
 # --- token problems: 401 (RFC 6750 invalid_token unless no token was sent) ---------------------------

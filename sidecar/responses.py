@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import traceback
@@ -45,20 +46,22 @@ def rejection(r: Rejection, realm: str, extra: Iterable[tuple[str, str]] = ()) -
     return resp
 
 
-def token_context(token: str | None, fingerprint: str | None = None) -> dict[str, object]:
-    """What may be logged about a token: its kid, iss and a digest prefix. Never the token."""
+def token_context(token: str | None, known: dict[str, object] | None = None) -> dict[str, object]:
+    """What may be logged about a token: its kid, alg, iss and a digest prefix. Never the token.
+
+    `known` holds what verification already parsed; the token is decoded again only for what is missing."""
     if not token:
         return {}
-    ctx: dict[str, object] = {}
-    if fingerprint:
-        ctx["fp"] = fingerprint
+    ctx: dict[str, object] = {"fp": hashlib.sha256(token.encode()).digest()[:6].hex(), **(known or {})}
     try:
-        header = jwt.get_unverified_header(token)
-        kid = header.get("kid")
-        ctx["kid"] = kid[:64] if isinstance(kid, str) else None
-        ctx["alg"] = str(header.get("alg"))[:16]
-        iss = jwt.decode(token, options={"verify_signature": False}).get("iss")
-        ctx["iss"] = iss[:200] if isinstance(iss, str) else None
+        if "kid" not in ctx or "alg" not in ctx:
+            header = jwt.get_unverified_header(token)
+            kid = header.get("kid")
+            ctx.setdefault("kid", kid[:64] if isinstance(kid, str) else None)
+            ctx.setdefault("alg", str(header.get("alg"))[:16])
+        if "iss" not in ctx:
+            iss = jwt.decode(token, options={"verify_signature": False}).get("iss")
+            ctx["iss"] = iss[:200] if isinstance(iss, str) else None
     except Exception:
         pass
     return ctx

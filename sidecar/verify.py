@@ -112,13 +112,20 @@ class Verifier:
             pk = self.keys[hit.provider]
             if pk.trusted(hit.kid) and pk.usable():
                 self.metrics.token_cache.labels("hit").inc()
-                return hit, self.times(hit, self.clock.now())
+                return hit, self._timed(hit)
             self.cache.discard(digest)
         self.metrics.token_cache.labels("miss").inc()
         entry = await self._verify_fully(token)
-        grace = self.times(entry, self.clock.now())
+        grace = self._timed(entry)
         self.cache.put(digest, entry)
         return entry, grace
+
+    def _timed(self, entry: VerifiedToken) -> float | None:
+        try:
+            return self.times(entry, self.clock.now())
+        except errors.Rejection as r:
+            r.context = {"kid": entry.kid, "iss": self.cfg.providers[entry.provider].issuer}
+            raise
 
     def _provider_for(self, token: str) -> int:
         if len(self.cfg.providers) == 1:
@@ -146,6 +153,13 @@ class Verifier:
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
             raise errors.Malformed("kid must be a string")
+        try:
+            return await self._with_header(token, alg, kid)
+        except errors.Rejection as r:
+            r.context.update(kid=None if kid is None else kid[:64], alg=alg[:16])
+            raise
+
+    async def _with_header(self, token: str, alg: str, kid: str | None) -> VerifiedToken:
         index = self._provider_for(token)
         provider = self.cfg.providers[index]
         if alg not in provider.algorithms:
@@ -172,7 +186,12 @@ class Verifier:
             raise errors.UnsupportedAlg(f"alg {alg!r} cannot be used with this key") from None
         except jex.PyJWTError:
             raise errors.Malformed("the token's payload is not a JSON object") from None
-        return self._check_claims(claims, provider, index, kid)
+        try:
+            return self._check_claims(claims, provider, index, kid)
+        except errors.Rejection as r:
+            iss = claims.get("iss")
+            r.context["iss"] = iss[:200] if isinstance(iss, str) else None
+            raise
 
     def _check_claims(self, claims: dict[str, Any], provider: Provider, index: int, kid: str | None) -> VerifiedToken:
         exp, nbf, iat = _number(claims, "exp"), _number(claims, "nbf"), _number(claims, "iat")
