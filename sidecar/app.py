@@ -183,14 +183,16 @@ def _reject(
     log.info(
         "rejected",
         extra={
-            "event": "rejected",
-            "reason": r.reason,
-            "status": r.status,
-            "description": r.description,
-            "method": request.method,
-            "path": request.path[:512],
-            "peer": request.remote,
-            **token_context(r.token, r.context),
+            "fields": {
+                "event": "rejected",
+                "reason": r.reason,
+                "status": r.status,
+                "description": r.description,
+                "method": request.method,
+                "path": request.path[:512],
+                "peer": request.remote,
+                **token_context(r.token, r.context),
+            }
         },
     )
     return rejection(r, s.cfg.realm, extra)

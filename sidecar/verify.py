@@ -116,9 +116,10 @@ class Verifier:
             self.cache.discard(digest)
         self.metrics.token_cache.labels("miss").inc()
         entry = await self._verify_fully(token)
-        grace = self._timed(entry)
+        # Cached before the time check: a genuine token that is expired (a client retrying in a loop) is
+        # then refused from the cache, since every hit re-checks the times, instead of by an RSA verify.
         self.cache.put(digest, entry)
-        return entry, grace
+        return entry, self._timed(entry)
 
     def _timed(self, entry: VerifiedToken) -> float | None:
         try:

@@ -269,3 +269,16 @@ async def test_an_unusable_provider_does_not_block_another(issuer: DevIssuer, ma
         assert (await sc.admin.get("/readyz")).status == 503
     finally:
         server.stop()
+
+
+async def test_a_genuine_expired_token_retried_in_a_loop_is_refused_from_the_cache(
+    issuer: DevIssuer, make_sidecar: MakeSidecar
+) -> None:
+    sc = await make_sidecar(issuer)
+    token = issuer.mint(now=sc.clock.now() - 7200, ttl=60)
+    for _ in range(3):
+        assert await reason(sc, token) == "expired"
+    # one RSA verify, then two refusals from the cache (each hit re-checks the clock)
+    assert sc.metric("sidecar_token_cache_lookups_total", result="miss") == 1
+    assert sc.metric("sidecar_token_cache_lookups_total", result="hit") == 2
+    assert sc.metric("sidecar_auth_failures_total", reason="expired") == 3
