@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from sidecar.policy import Rule
 
 ASYMMETRIC_ALGS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
-_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
@@ -190,7 +190,8 @@ def _str(path: str, v: Any, *, empty: bool = False) -> str:
     return v
 
 
-def _strs(path: str, v: Any) -> tuple[str, ...]:
+def strings(path: str, v: Any) -> tuple[str, ...]:
+    """A list of non-empty strings; a comma-separated string is accepted too (what the environment holds)."""
     if isinstance(v, str):
         v = [s for s in (x.strip() for x in v.split(",")) if s]
     if not isinstance(v, list | tuple):
@@ -228,7 +229,7 @@ def _url(path: str, v: Any, *, schemes: tuple[str, ...] = ("http", "https")) -> 
 
 def _header_name(path: str, v: Any) -> str:
     s = _str(path, v)
-    if not _HEADER_NAME.match(s):
+    if not HEADER_NAME.match(s):
         raise ConfigError(path, f"{s!r} is not a valid HTTP header name")
     return s
 
@@ -247,7 +248,7 @@ def _provider(path: str, raw: Any, index: int) -> Provider:
     auds = m.get("audiences", m.get("audience"))
     if auds is None:
         raise ConfigError(f"{path}.audiences", "required: at least one accepted `aud` value")
-    audiences = _strs(f"{path}.audiences", auds)
+    audiences = strings(f"{path}.audiences", auds)
     if not audiences:
         raise ConfigError(f"{path}.audiences", "required: at least one accepted `aud` value")
     jwks_url = _url(f"{path}.jwks_url", m["jwks_url"]) if m.get("jwks_url") else None
@@ -262,7 +263,7 @@ def _provider(path: str, raw: Any, index: int) -> Provider:
         )
     if discovery:
         _url(f"{path}.issuer", issuer)
-    algorithms = _strs(f"{path}.algorithms", m.get("algorithms", list(ASYMMETRIC_ALGS)))
+    algorithms = strings(f"{path}.algorithms", m.get("algorithms", list(ASYMMETRIC_ALGS)))
     if not algorithms:
         raise ConfigError(f"{path}.algorithms", "must list at least one algorithm")
     for i, alg in enumerate(algorithms):
@@ -275,8 +276,8 @@ def _provider(path: str, raw: Any, index: int) -> Provider:
                 else "unknown algorithm"
             )
             raise ConfigError(f"{path}.algorithms[{i}]", f"{alg!r}: {why} (allowed: {', '.join(ASYMMETRIC_ALGS)})")
-    required = _strs(f"{path}.required_claims", m.get("required_claims", ["exp"]))
-    revoked = frozenset(_strs(f"{path}.revoked_kids", m.get("revoked_kids", [])))
+    required = strings(f"{path}.required_claims", m.get("required_claims", ["exp"]))
+    revoked = frozenset(strings(f"{path}.revoked_kids", m.get("revoked_kids", [])))
     from sidecar.policy import parse_sources  # policy raises this module's ConfigError
 
     token_sources = parse_sources(f"{path}.token_sources", m.get("token_sources", ["header"]))
@@ -297,20 +298,20 @@ def _provider(path: str, raw: Any, index: int) -> Provider:
 def _cors(raw: Any) -> Cors:
     m = _mapping("cors", raw, set(Cors.__dataclass_fields__))
     d = Cors()
-    origins = _strs("cors.origins", m.get("origins", []))
+    origins = strings("cors.origins", m.get("origins", []))
     for i, o in enumerate(origins):
         if o != "*" and not re.match(r"^https?://[A-Za-z0-9.*-]+(:\d+)?$", o):
             raise ConfigError(
                 f"cors.origins[{i}]", f"{o!r} is not an origin (scheme://host[:port], '*' allowed in host)"
             )
-    methods = tuple(x.upper() for x in _strs("cors.methods", m.get("methods", list(d.methods))))
+    methods = tuple(x.upper() for x in strings("cors.methods", m.get("methods", list(d.methods))))
     headers = tuple(
         _header_name(f"cors.headers[{i}]", h)
-        for i, h in enumerate(_strs("cors.headers", m.get("headers", list(d.headers))))
+        for i, h in enumerate(strings("cors.headers", m.get("headers", list(d.headers))))
     )
     expose = tuple(
         _header_name(f"cors.expose_headers[{i}]", h)
-        for i, h in enumerate(_strs("cors.expose_headers", m.get("expose_headers", [])))
+        for i, h in enumerate(strings("cors.expose_headers", m.get("expose_headers", [])))
     )
     creds = _bool("cors.allow_credentials", m.get("allow_credentials", False))
     if creds and "*" in origins:
@@ -380,7 +381,7 @@ def _claim_headers(raw: Any, prefix: str, where: str = "claim_headers") -> tuple
         items = list(raw.items())
     elif isinstance(raw, list | tuple | str):
         items = []
-        for i, entry in enumerate(_strs(where, raw)):
+        for i, entry in enumerate(strings(where, raw)):
             name, eq, claim = entry.partition("=")
             if not eq:
                 raise ConfigError(f"{where}[{i}]", f"expected NAME=CLAIM, got {entry!r}")
@@ -406,7 +407,7 @@ def _decision(raw: Any) -> Decision | None:
     m = _mapping("decision", raw, set(Decision.__dataclass_fields__))
     if "listen" not in m:
         raise ConfigError("decision.listen", "required (HOST:PORT of the decision listener)")
-    trusted = _strs("decision.trusted_sources", m.get("trusted_sources", list(_DECISION_DEFAULTS.trusted_sources)))
+    trusted = strings("decision.trusted_sources", m.get("trusted_sources", list(_DECISION_DEFAULTS.trusted_sources)))
     for i, cidr in enumerate(trusted):
         try:
             ipaddress.ip_network(cidr, strict=False)
@@ -469,7 +470,7 @@ def load(raw: Mapping[str, Any] | None) -> Config:
     prefix = _header_name("identity_header_prefix", m.get("identity_header_prefix", d.identity_header_prefix))
     if len(prefix) < 3:
         raise ConfigError("identity_header_prefix", "too short to be a namespace")
-    public = _strs("public_paths", m.get("public_paths", []))
+    public = strings("public_paths", m.get("public_paths", []))
     for i, path in enumerate(public):
         if (
             not path.startswith("/")

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.config import ConfigError
+from sidecar.config import HEADER_NAME, ConfigError, strings
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 UNMATCHED = ("token", "public", "deny")
@@ -119,14 +119,6 @@ _RULE_KEYS = {
 }
 
 
-def _strs(where: str, v: Any) -> tuple[str, ...]:
-    if isinstance(v, str):
-        return (v,)
-    if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
-        raise ConfigError(where, "expected a list of strings")
-    return tuple(v)
-
-
 def _claims(where: str, raw: Any) -> tuple[ClaimCheck, ...]:
     if not isinstance(raw, Mapping):
         raise ConfigError(where, "expected a mapping of claim to value, {one_of: [...]} or {present: true}")
@@ -178,13 +170,13 @@ def parse_rules(
         if not isinstance(path, str):
             raise ConfigError(f"{where}.{kind}", "expected a path")
         _check_path(f"{where}.{kind}", kind, path)
-        methods = frozenset(m.upper() for m in _strs(f"{where}.methods", r.get("methods", [])))
+        methods = frozenset(m.upper() for m in strings(f"{where}.methods", r.get("methods", [])))
         for m in methods - HTTP_METHODS:
             raise ConfigError(f"{where}.methods", f"unknown method {m!r}")
         public, deny = r.get("public", False), r.get("deny", False)
         if not isinstance(public, bool) or not isinstance(deny, bool):
             raise ConfigError(f"{where}.public", "public and deny must be true or false")
-        provs = _strs(f"{where}.providers", r.get("providers", []))
+        provs = strings(f"{where}.providers", r.get("providers", []))
         for p in provs:
             if p not in providers:
                 raise ConfigError(
@@ -201,10 +193,10 @@ def parse_rules(
             public=public,
             deny=deny,
             providers=provs,
-            scopes=_strs(f"{where}.scopes", r.get("scopes", [])),
-            scopes_any=_strs(f"{where}.scopes_any", r.get("scopes_any", [])),
+            scopes=strings(f"{where}.scopes", r.get("scopes", [])),
+            scopes_any=strings(f"{where}.scopes_any", r.get("scopes_any", [])),
             claims=_claims(f"{where}.claims", r.get("claims", {})),
-            clients=_strs(f"{where}.clients", r.get("clients", [])),
+            clients=strings(f"{where}.clients", r.get("clients", [])),
             claim_headers=parse_claim_headers(r["claim_headers"], f"{where}.claim_headers")
             if "claim_headers" in r
             else None,
@@ -226,14 +218,14 @@ def parse_rules(
 
 def parse_sources(where: str, raw: Any) -> tuple[str, ...]:
     """Token sources of a provider: `header` (Authorization: Bearer), `header:NAME`, `cookie:NAME`, `query:NAME`."""
-    sources = _strs(where, raw)
+    sources = strings(where, raw)
     if not sources:
         raise ConfigError(where, "list at least one token source")
     for i, s in enumerate(sources):
         kind, _, name = s.partition(":")
         if s == "header":
             continue
-        if kind not in ("header", "cookie", "query") or not re.match(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$", name):
+        if kind not in ("header", "cookie", "query") or not HEADER_NAME.match(name):
             raise ConfigError(f"{where}[{i}]", f"{s!r}: expected header, header:NAME, cookie:NAME or query:NAME")
         if kind == "header" and name.lower() == "authorization":
             raise ConfigError(f"{where}[{i}]", "use plain `header` for Authorization: Bearer")
