@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 
 from sidecar import errors
 from sidecar.admin import admin_app, apply_action
-from sidecar.authorize import authorize
+from sidecar.authorize import authorize, preflight
 from sidecar.clock import Clock, SystemClock
 from sidecar.config import Config
 from sidecar.cors import CorsPolicy
@@ -30,7 +30,7 @@ from sidecar.fetcher import ProviderKeys
 from sidecar.headers import GRACE_SUFFIX, HeaderPolicy, remove_token
 from sidecar.metrics import Metrics
 from sidecar.proxy import forward, upstream_session
-from sidecar.responses import rejection, setup_logging, token_context
+from sidecar.responses import reject, setup_logging
 from sidecar.rules import RuleSet, encode, normalise
 from sidecar.token_cache import VerifiedToken
 from sidecar.verify import Verifier
@@ -108,7 +108,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     try:
         _check_sizes(request, cfg.limits.max_header_bytes, cfg.limits.max_headers_total_bytes)
         if s.cors.enabled and s.cors.is_preflight(request.method, request.headers):
-            return _preflight(s, request.headers, origin)
+            return web.Response(status=204, headers=CIMultiDict(preflight(s, request.headers)))
         raw = request.raw_path
         path, _, query = raw.partition("?")
         if not path.startswith("/"):
@@ -137,18 +137,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
     except errors.Rejection as r:
         if cfg.route_metrics and r.route:
             m.route_requests.labels(r.route, r.reason).inc()
-        return _reject(s, request, r, cors_extra)
+        return reject(s, request, r, cors_extra)
     finally:
         m.in_flight.dec()
-
-
-def _preflight(s: Sidecar, headers: CIMultiDictProxy[str], origin: str | None) -> web.Response:
-    allowed = s.cors.preflight(headers)
-    if allowed is None:
-        s.metrics.cors_preflights.labels("rejected").inc()
-        raise errors.CorsRejected(f"origin {origin!r}, method or headers not allowed")
-    s.metrics.cors_preflights.labels("allowed").inc()
-    return web.Response(status=204, headers=CIMultiDict(allowed))
 
 
 def _expiry(s: Sidecar, verified: VerifiedToken | None) -> float | None:
@@ -166,36 +157,6 @@ def _forwarded(request: web.Request, headers: CIMultiDict[str]) -> None:
     headers.setdefault("X-Forwarded-Proto", request.scheme)
     headers.setdefault("X-Forwarded-Host", request.host)
     headers["Host"] = request.host
-
-
-def _reject(
-    s: Sidecar, request: web.Request, r: errors.Rejection, cors_extra: tuple[tuple[str, str], ...]
-) -> web.Response:
-    m = s.metrics
-    if r.family == "auth":
-        m.auth_failures.labels(r.reason).inc()
-    elif r.family == "request":
-        m.requests_rejected.labels(r.reason).inc()
-    # CORS headers go on every answer to an allowed origin, except a rejected preflight (that is the point)
-    extra = () if isinstance(r, errors.CorsRejected) else cors_extra
-    if not log.isEnabledFor(logging.INFO):
-        return rejection(r, s.cfg.realm, extra)
-    log.info(
-        "rejected",
-        extra={
-            "fields": {
-                "event": "rejected",
-                "reason": r.reason,
-                "status": r.status,
-                "description": r.description,
-                "method": request.method,
-                "path": request.path[:512],
-                "peer": request.remote,
-                **token_context(r.token, r.context),
-            }
-        },
-    )
-    return rejection(r, s.cfg.realm, extra)
 
 
 # --- app and lifecycle ----------------------------------------------------------------------------------
@@ -274,7 +235,7 @@ async def run_until_signal(state: Sidecar, stop: asyncio.Event | None = None, re
     decision_runner = None
     if cfg.decision is not None:
         decision_runner = web.AppRunner(
-            decision_app(state, STATE, _reject),
+            decision_app(state, STATE),
             access_log=None,
             handle_signals=False,
             shutdown_timeout=cfg.limits.drain_timeout,

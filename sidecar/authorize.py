@@ -29,6 +29,16 @@ class Allowed:
     drop_source: str | None = None  # an optional token on a public path that did not verify: remove it
 
 
+def preflight(s: Sidecar, headers: CIMultiDictProxy[str]) -> tuple[tuple[str, str], ...]:
+    """A real CORS preflight: the headers that allow it, or `CorsRejected`. Counted either way."""
+    allowed = s.cors.preflight(headers)
+    if allowed is None:
+        s.metrics.cors_preflights.labels("rejected").inc()
+        raise errors.CorsRejected(f"origin {headers.get('Origin')!r}, method or headers not allowed")
+    s.metrics.cors_preflights.labels("allowed").inc()
+    return allowed
+
+
 async def authorize(
     s: Sidecar, method: str, canonical: str | None, headers: CIMultiDictProxy[str], query: MultiMapping[str]
 ) -> Allowed:

@@ -19,8 +19,9 @@ from aiohttp import web
 from multidict import CIMultiDict, MultiDict
 
 from sidecar import errors
-from sidecar.authorize import authorize
+from sidecar.authorize import authorize, preflight
 from sidecar.config import Decision
+from sidecar.responses import reject
 from sidecar.rules import normalise
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ def original_request(request: web.Request, cfg: Decision, trusted: bool) -> tupl
     return request.method, raw
 
 
-def decision_app(state: Sidecar, key: web.AppKey[Sidecar], reject: Callable[..., web.Response]) -> web.Application:
+def decision_app(state: Sidecar, key: web.AppKey[Sidecar]) -> web.Application:
     assert state.cfg.decision is not None
     cfg = state.cfg.decision
     trusted = _trust(cfg)
@@ -68,12 +69,7 @@ def decision_app(state: Sidecar, key: web.AppKey[Sidecar], reject: Callable[...,
         s.metrics.in_flight.inc()
         try:
             if s.cors.enabled and s.cors.is_preflight(method, request.headers):
-                allowed_cors = s.cors.preflight(request.headers)
-                if allowed_cors is None:
-                    s.metrics.cors_preflights.labels("rejected").inc()
-                    raise errors.CorsRejected(f"origin {origin!r}, method or headers not allowed")
-                s.metrics.cors_preflights.labels("allowed").inc()
-                return web.Response(status=200, headers=CIMultiDict(allowed_cors))
+                return web.Response(status=200, headers=CIMultiDict(preflight(s, request.headers)))
             path, _, query = uri.partition("?")
             if not path.startswith("/"):
                 raise errors.BadRequest("the original URI must be an absolute path")

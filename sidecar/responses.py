@@ -7,12 +7,16 @@ import json
 import logging
 import traceback
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import jwt
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from sidecar.errors import Rejection
+from sidecar.errors import CorsRejected, Rejection
+
+if TYPE_CHECKING:
+    from sidecar.app import Sidecar
 
 log = logging.getLogger("sidecar.auth")
 RETRY_AFTER_SECONDS = 5
@@ -65,6 +69,35 @@ def token_context(token: str | None, known: dict[str, object] | None = None) -> 
     except Exception:
         pass
     return ctx
+
+
+def reject(s: Sidecar, request: web.Request, r: Rejection, cors_extra: tuple[tuple[str, str], ...]) -> web.Response:
+    """The sidecar's own answer to a rejected request: counted, logged (never the token), CORS-decorated."""
+    m = s.metrics
+    if r.family == "auth":
+        m.auth_failures.labels(r.reason).inc()
+    elif r.family == "request":
+        m.requests_rejected.labels(r.reason).inc()
+    # CORS headers go on every answer to an allowed origin, except a rejected preflight (that is the point)
+    extra = () if isinstance(r, CorsRejected) else cors_extra
+    if not log.isEnabledFor(logging.INFO):
+        return rejection(r, s.cfg.realm, extra)
+    log.info(
+        "rejected",
+        extra={
+            "fields": {
+                "event": "rejected",
+                "reason": r.reason,
+                "status": r.status,
+                "description": r.description,
+                "method": request.method,
+                "path": request.path[:512],
+                "peer": request.remote,
+                **token_context(r.token, r.context),
+            }
+        },
+    )
+    return rejection(r, s.cfg.realm, extra)
 
 
 class JsonFormatter(logging.Formatter):
