@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from urllib.parse import unquote_plus
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-AUTHORIZATION = "Authorization"
-WWW_AUTHENTICATE = "WWW-Authenticate"
-RETRY_AFTER = "Retry-After"
 X_FORWARDED_FOR = "X-Forwarded-For"
 X_FORWARDED_PROTO = "X-Forwarded-Proto"
 X_FORWARDED_HOST = "X-Forwarded-Host"
 # Set by the sidecar (inside the identity namespace, so a client can never send them):
 GRACE_SUFFIX = "Token-Expired-Seconds"  # seconds past `exp` of a token accepted inside expired_grace
-PROVIDER_SUFFIX = "Provider"  # the provider name that verified the token
 
 # RFC 9110 §7.6.1 plus the legacy ones every proxy strips (RFC 2616 §13.5.1).
 HOP_BY_HOP = frozenset(
@@ -99,7 +94,3 @@ def header_safe(value: str) -> str:
     if value.isprintable():
         return value
     return "".join(c if c.isprintable() else " " for c in value)
-
-
-def join_values(values: Iterable[str]) -> str:
-    return ", ".join(values)

@@ -149,9 +149,6 @@ class KeySet:
         found = self._current.pop(kid, None) is not None
         return self._retired.pop(kid, None) is not None or found
 
-    def trusted(self, kid: str | None, now: float) -> bool:
-        return self.get(kid, now) is not None
-
     def __len__(self) -> int:
         return len(self._current)
 
