@@ -107,6 +107,7 @@ class Config:
     strip_authorization: bool = False
     realm: str = "sidecar"
     token_cache_size: int = 100_000
+    token_cache_max_bytes: int = 32 << 20  # memory bound of the cache as well (large claims make large entries)
     workers: int = 0  # 0: the CPUs this container may use (cgroup quota)
     log_level: str = "info"
     cors: Cors = field(default_factory=Cors)
@@ -512,6 +513,9 @@ def load(raw: Mapping[str, Any] | None) -> Config:
         strip_authorization=_bool("strip_authorization", m.get("strip_authorization", False)),
         realm=_str("realm", m.get("realm", d.realm)).replace('"', "'"),
         token_cache_size=_int("token_cache_size", m.get("token_cache_size", d.token_cache_size)),
+        token_cache_max_bytes=_int(
+            "token_cache_max_bytes", m.get("token_cache_max_bytes", d.token_cache_max_bytes), minimum=1 << 20
+        ),
         workers=_int("workers", m.get("workers", d.workers), minimum=0),
         log_level=log_level,
         cors=_cors(m.get("cors")),

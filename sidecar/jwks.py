@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,21 +106,26 @@ def parse_jwks(doc: Any, allowed_algs: frozenset[str]) -> tuple[dict[str | None,
 class KeySet:
     """Keys currently published, plus retired ones still trusted until their retention ends."""
 
-    __slots__ = ("_current", "_retention", "_retired", "_revoked")
+    __slots__ = ("_current", "_retention", "_retired", "_revoked", "on_drop")
 
     def __init__(self, retention: float, revoked: frozenset[str] = frozenset()) -> None:
         self._current: dict[str | None, Key] = {}
         self._retired: dict[str | None, tuple[Key, float]] = {}
         self._retention = retention
         self._revoked: set[str] = set(revoked)
+        # Told of every kid that stops being trusted, so tokens cached for it are forgotten at once.
+        self.on_drop: Callable[[str], object] = lambda _kid: None
 
     def replace(self, keys: dict[str | None, Key], now: float) -> bool:
         """Install a fresh set; keys that vanished are retained. True when the set of kids changed."""
         keys = {k: v for k, v in keys.items() if k not in self._revoked}
         changed = keys.keys() != self._current.keys()
         for kid, key in self._current.items():
-            if kid not in keys and kid not in self._retired and self._retention > 0:
-                self._retired[kid] = (key, now + self._retention)
+            if kid not in keys and kid not in self._retired:
+                if self._retention > 0:
+                    self._retired[kid] = (key, now + self._retention)
+                elif kid is not None:
+                    self.on_drop(kid)
         for kid in keys:
             self._retired.pop(kid, None)
         self._current = keys
@@ -129,6 +135,8 @@ class KeySet:
     def expire(self, now: float) -> None:
         for kid in [k for k, (_, until) in self._retired.items() if until <= now]:
             del self._retired[kid]
+            if kid is not None:
+                self.on_drop(kid)
 
     def get(self, kid: str | None, now: float) -> Key | None:
         key = self._current.get(kid)

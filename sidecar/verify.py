@@ -6,6 +6,7 @@ claims happens here, once, against the injected clock. PyJWT exceptions map 1:1 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -74,7 +75,9 @@ class Verifier:
         self.metrics = metrics
         self.rules = rules
         self._claim_paths = tuple(claim for _, claim in cfg.all_claim_headers)
-        self.cache = TokenCache(cfg.token_cache_size, len(self._claim_paths))
+        self.cache = TokenCache(cfg.token_cache_size, len(self._claim_paths), cfg.token_cache_max_bytes)
+        for index, pk in enumerate(keys):
+            pk.keys.on_drop = functools.partial(self.cache.forget_kid, index)
         self.leeway = cfg.leeway
         self.grace = cfg.expired_grace
         self._by_issuer = {p.issuer: i for i, p in enumerate(cfg.providers)}

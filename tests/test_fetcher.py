@@ -354,3 +354,22 @@ async def test_after_a_failed_refresh_the_next_try_comes_sooner(
     sc.clock.advance(COOLDOWN)
     await pk.tick()
     assert pk.last_error is None and fresh_issuer.jwks_fetches == 3
+
+
+async def test_cached_tokens_of_a_key_are_forgotten_when_its_retention_ends(
+    fresh_issuer: DevIssuer, make_sidecar: MakeSidecar
+) -> None:
+    sc = await make_sidecar(fresh_issuer, expired_grace="3d")
+    old = fresh_issuer.signing
+    for i in range(5):
+        assert await status_of(sc, fresh_issuer.mint(key=old, sub=f"u{i}", now=sc.clock.now(), ttl=2 * 86400)) == (
+            200,
+            None,
+        )
+    assert len(sc.state.verifier.cache) == 5
+    fresh_issuer.rotate(keep_old=False)
+    await sc.state.keys[0].refresh()
+    assert len(sc.state.verifier.cache) == 5  # retained: still trusted, still cached
+    sc.clock.advance(RETENTION + 1)
+    sc.state.keys[0].update_gauges()  # what the gauge loop does every second: expiry runs there
+    assert len(sc.state.verifier.cache) == 0

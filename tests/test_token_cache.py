@@ -59,3 +59,13 @@ def test_forgetting_a_kid_drops_only_that_providers_tokens_of_that_key() -> None
     assert cache.forget_kid(0, "a") == 1
     assert cache.get(d(1)) is None and cache.get(d(2)) is not None and cache.get(d(3)) is not None
     assert cache.forget_kid(0, "never-seen") == 0
+
+
+def test_the_memory_budget_holds_for_tokens_with_large_claims() -> None:
+    cache = TokenCache(100_000, 2, max_bytes=1 << 20)
+    big = "r" * 4000  # a roles claim of 4 KB
+    for i in range(1000):
+        cache.put(d(i), VerifiedToken(0, "k", 1.8e9, None, None, (big, None), b""))
+    assert cache.size_bytes <= 1 << 20
+    assert len(cache) < 300  # the byte budget binds long before the entry bound
+    assert cache.get(d(999)) is not None and cache.get(d(0)) is None
