@@ -2,8 +2,8 @@
 
 The path is decoded once and its dot segments and `//` resolved; that canonical form is both what rules
 match and what the app receives. A path that cannot be read one way only (double encoding, an encoded
-`/` or `\\`, a NUL, `;` parameters, `..` above the root) gets no canonical form: it is never public, and
-it is forwarded exactly as sent, behind a verified token.
+`/` or `\\`, a NUL, `;` parameters, `..` above the root) gets no canonical form: it is never public, it must
+satisfy every rule that applies to its method, and it is forwarded exactly as sent.
 """
 
 from __future__ import annotations
