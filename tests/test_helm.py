@@ -384,6 +384,15 @@ BAD_VALUES = {
         {"sidecar": {"image": {"pullPolicy": "Sometimes"}}},
         "/sidecar/image/pullPolicy",
     ),
+    "unknown key in a route rule": (
+        {"sidecar": {"config": {"rules": [{"prefix": "/admin", "scope": ["admin"]}]}}},
+        "/sidecar/config/rules/0",
+    ),
+    "bad enum: unmatched": ({"sidecar": {"config": {"unmatched": "allow"}}}, "/sidecar/config/unmatched"),
+    "bad token source": (
+        {"sidecar": {"config": {"providers": [{**PROVIDER, "token_sources": ["cookie"]}]}}},
+        "/sidecar/config/providers/0/token_sources/0",
+    ),
 }
 
 
