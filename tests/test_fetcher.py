@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import pytest
+
 from sidecar.devtools.issuer import DevIssuer, new_key
 from tests.conftest import InProc, MakeSidecar
 from tests.support import free_port
@@ -179,6 +181,7 @@ async def test_readiness_follows_key_availability_at_start(fresh_issuer: DevIssu
     assert await status_of(sc, fresh_issuer.mint(now=sc.clock.now())) == (200, None)
 
 
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")  # the weak keys are the point
 async def test_weak_symmetric_and_encryption_keys_are_never_used(
     fresh_issuer: DevIssuer, make_sidecar: MakeSidecar
 ) -> None:
