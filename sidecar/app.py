@@ -116,7 +116,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         canonical = normalise(path)
         allowed = await authorize(s, request.method, canonical, request.headers, request.query)
         headers = s.headers.forwardable(request.headers)
-        if allowed.drop_authorization:
+        if allowed.route.strip_authorization:
             headers.popall("Authorization", None)
         if allowed.drop_source:
             dropped = s.token_sources if allowed.drop_source == "*" else (allowed.drop_source,)

@@ -23,9 +23,7 @@ if TYPE_CHECKING:
 class Allowed:
     route: Route
     identity: tuple[tuple[str, str], ...]  # headers for the app: claim headers and, in grace, the grace header
-    drop_authorization: bool  # strip Authorization on the way (configured for the route)
     verified: VerifiedToken | None
-    token: str | None
     drop_source: str | None = None  # an optional token on a public path that did not verify: remove it
 
 
@@ -63,9 +61,9 @@ async def _decide(
         try:
             return await _with_token(s, route, headers, query)
         except errors.MissingToken:
-            return Allowed(route, (), route.strip_authorization, None, None)
+            return Allowed(route, (), None)
         except errors.Rejection as r:
-            return Allowed(route, (), route.strip_authorization, None, None, drop_source=r.source or "header")
+            return Allowed(route, (), None, drop_source=r.source or "header")
     allowed = await _with_token(s, route, headers, query)
     s.metrics.auth_success.inc()
     return allowed
@@ -108,4 +106,4 @@ async def _verified(s: Sidecar, route: Route, token: str, source: str) -> Allowe
     if grace is not None:
         s.metrics.grace_accepted.inc()
         identity = (*identity, (s.grace_header, str(int(grace))))
-    return Allowed(route, identity, route.strip_authorization, verified, token)
+    return Allowed(route, identity, verified)

@@ -30,6 +30,12 @@ HOP_BY_HOP = frozenset(
 
 # Headers the sidecar sets itself on the way to the app; `Connection` may never remove these.
 SIDECAR_SET = frozenset(h.lower() for h in (X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST))
+_PROTECTED = SIDECAR_SET | {"authorization"}
+
+
+def connection_named(headers: CIMultiDictProxy[str]) -> set[str]:
+    """Header names listed in `Connection` (RFC 9110 §7.6.1): hop-by-hop for this one connection."""
+    return {t.strip().lower() for value in headers.getall("Connection", ()) for t in value.split(",") if t.strip()}
 
 
 def identity_key(name: str) -> str:
@@ -50,13 +56,8 @@ class HeaderPolicy:
 
     def forwardable(self, headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
         """The client's headers minus hop-by-hop, `Connection`-named and identity-namespace headers."""
-        drop = set(HOP_BY_HOP)
-        for value in headers.getall("Connection", ()):
-            for token in value.split(","):
-                token = token.strip().lower()
-                # `Connection: Authorization` must not strip the token the sidecar just verified
-                if token and token not in SIDECAR_SET and token != "authorization":
-                    drop.add(token)
+        # `Connection` never removes what the sidecar sets, nor the token it just verified
+        drop = HOP_BY_HOP | (connection_named(headers) - _PROTECTED)
         prefix = self._prefix
         out: CIMultiDict[str] = CIMultiDict()
         for name, value in headers.items():

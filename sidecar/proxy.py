@@ -11,7 +11,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from sidecar import errors
-from sidecar.headers import HOP_BY_HOP
+from sidecar.headers import HOP_BY_HOP, connection_named
 from sidecar.metrics import Metrics
 
 _CHUNK = 65536
@@ -107,8 +107,7 @@ async def forward(
 def _copy_headers(
     resp: aiohttp.ClientResponse, out: web.StreamResponse, extra: tuple[tuple[str, str], ...], keep_length: bool = True
 ) -> None:
-    named = resp.headers.getall("Connection", ())
-    conn_named = {t.strip().lower() for v in named for t in v.split(",")} if named else set()
+    conn_named = connection_named(resp.headers)
     headers = out.headers
     for name, value in resp.headers.items():
         low = name.lower()
