@@ -55,10 +55,7 @@ def admin_app(state: Sidecar, key: web.AppKey[Sidecar]) -> web.Application:
 
     async def metrics(request: web.Request) -> web.Response:
         s = request.app[key]
-        for pk in s.keys:
-            pk.update_gauges()
-        s.metrics.ready.set(1 if s.ready() else 0)
-        s.metrics.token_cache_entries.set(len(s.verifier.cache))
+        s.refresh_gauges()
         return web.Response(body=exposition(s.metrics), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     def _allowed(request: web.Request) -> None:

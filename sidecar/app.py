@@ -62,6 +62,13 @@ class Sidecar:
     def ready(self) -> bool:
         return not self.draining and all(pk.usable() for pk in self.keys)
 
+    def refresh_gauges(self) -> None:
+        """Gauges computed from state (key-set age, staleness, readiness, cache size); expires retired keys."""
+        for pk in self.keys:
+            pk.update_gauges()
+        self.metrics.ready.set(1 if self.ready() else 0)
+        self.metrics.token_cache_entries.set(len(self.verifier.cache))
+
 
 STATE = web.AppKey("sidecar", Sidecar)
 # aiohttp's parser refuses (400) anything above this before the sidecar sees it; below it, limits.* apply (431).
@@ -188,10 +195,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 async def _gauges(s: Sidecar) -> None:
     """Key-set gauges kept current without a scrape: with several workers a scrape reaches only one."""
     while True:
-        for pk in s.keys:
-            pk.update_gauges()
-        s.metrics.ready.set(1 if s.ready() else 0)
-        s.metrics.token_cache_entries.set(len(s.verifier.cache))
+        s.refresh_gauges()
         await asyncio.sleep(1.0)
 
 
@@ -260,13 +264,17 @@ async def run_until_signal(state: Sidecar, stop: asyncio.Event | None = None, re
     log.info("stopped")
 
 
-def _serve_one(cfg: Config, shared: str | None) -> int:
+def use_uvloop() -> None:
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency; Windows has none
         pass
+
+
+def _serve_one(cfg: Config, shared: str | None) -> int:
+    use_uvloop()
     state = build_state(cfg)
     state.shared = SharedActions(shared) if shared else None
     asyncio.run(run_until_signal(state, reuse_port=shared is not None))

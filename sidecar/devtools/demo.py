@@ -13,7 +13,7 @@ import time
 
 from aiohttp import web
 
-from sidecar.app import build_state, run_until_signal
+from sidecar.app import build_state, run_until_signal, use_uvloop
 from sidecar.config import load
 from sidecar.devtools.echo import echo_app
 from sidecar.devtools.issuer import DevIssuer
@@ -121,12 +121,7 @@ async def _demo(port: int) -> None:
 
 def run_demo(port: int = 0) -> int:
     setup_logging("warning")
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:  # pragma: no cover
-        pass
+    use_uvloop()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_demo(port))
     return 0
