@@ -150,10 +150,6 @@ class RuleSet:
             header_indices=default_headers,
             strip_authorization=cfg.strip_authorization,
         )
-        self._default_headers = default_headers
-        self._strip = cfg.strip_authorization
-        self._unmatched_deny = cfg.unmatched == "deny"
-        self.names = (*(r.name for r in cfg.rules), UNMATCHED_ROUTE, AMBIGUOUS_ROUTE)
 
     @staticmethod
     def _matcher(rule: Rule) -> Callable[[str], bool]:
@@ -185,11 +181,13 @@ class RuleSet:
         # A path with no single reading must satisfy every rule it might be: never public, denied if any
         # rule that applies to the method denies, and held to every requirement of the others.
         applicable = [i for i, r in enumerate(self.rules) if not r.methods or method in r.methods]
-        deny = self._unmatched_deny or any(self.rules[i].deny for i in applicable)
+        unmatched = self._unmatched
+        deny = unmatched.deny or any(self.rules[i].deny for i in applicable)
         return Route(
             name=AMBIGUOUS_ROUTE,
             deny=deny,
             rules=tuple(i for i in applicable if self.rules[i].needs_claims),
-            header_indices=self._default_headers,
-            strip_authorization=self._strip or any(self._routes[i].strip_authorization for i in applicable),
+            header_indices=unmatched.header_indices,
+            strip_authorization=unmatched.strip_authorization
+            or any(self._routes[i].strip_authorization for i in applicable),
         )
