@@ -1,4 +1,4 @@
-"""Command line: `sidecar run | check-config | demo`. Flags > environment (SIDECAR_*) > config file.
+"""Command line: `sidecar run | check-config | demo | healthcheck`. Flags > environment (SIDECAR_*) > config file.
 
 Every flag is a path in the config file's model; merging builds one mapping that `config.load` checks.
 Exit code 2 on any config problem, with the exact key path.
@@ -157,6 +157,8 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("file")
     demo = sub.add_parser("demo", help="dev issuer + echo app + sidecar on loopback, with curl lines")
     demo.add_argument("--port", type=int, default=0, help="sidecar port (default: a free one)")
+    health = sub.add_parser("healthcheck", help="exit 0 if the running sidecar's /healthz answers 200 (HEALTHCHECK)")
+    health.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the answer (default 2)")
     return p
 
 
@@ -178,6 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sidecar.devtools.demo import run_demo
 
         return run_demo(args.port)
+    if args.command == "healthcheck":
+        from sidecar.healthcheck import check
+
+        return check(args.timeout)
     try:
         cfg = build_config(args)
     except ConfigError as e:
