@@ -58,6 +58,21 @@ RUN /opt/venv/bin/pip uninstall --yes setuptools pip
 # --------------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}
 
+# PYTHONDONTWRITEBYTECODE: the root filesystem is read-only; pip precompiled the bytecode at install.
+ENV PATH=/opt/app/bin:/opt/venv/bin:${PATH} \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PYTHONFAULTHANDLER=1 \
+    TMPDIR=/tmp
+
+RUN groupadd --system --gid 10001 sidecar \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin sidecar
+
+COPY --from=venv /opt/venv /opt/venv
+COPY --from=app /opt/app /opt/app
+
+# Build arguments only from here on: a new revision or date changes labels, never a cached layer.
 ARG PYTHON_IMAGE
 ARG VERSION=0.1.0
 ARG REVISION=unknown
@@ -72,20 +87,6 @@ LABEL org.opencontainers.image.title="jwt-sidecar" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.created="${CREATED}" \
       org.opencontainers.image.base.name="${PYTHON_IMAGE}"
-
-# PYTHONDONTWRITEBYTECODE: the root filesystem is read-only; pip precompiled the bytecode at install.
-ENV PATH=/opt/app/bin:/opt/venv/bin:${PATH} \
-    PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    PYTHONFAULTHANDLER=1 \
-    TMPDIR=/tmp
-
-RUN groupadd --system --gid 10001 sidecar \
- && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
-        --shell /usr/sbin/nologin sidecar
-
-COPY --from=venv /opt/venv /opt/venv
-COPY --from=app /opt/app /opt/app
 
 # The only writable path. Kubernetes: mount an emptyDir here (the Helm chart does).
 VOLUME ["/tmp"]
