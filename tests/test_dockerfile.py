@@ -298,7 +298,8 @@ def build_tags(text: str) -> list[str]:
     for line in text.splitlines():
         m = re.search(r"\b(?:docker|podman) build\b(.*)", line)
         if m:
-            words = shlex.split(m.group(1).replace('"$(git rev-parse HEAD)"', "REV"))
+            command = m.group(1).split("`")[0]  # inline code in prose ends at its backtick
+            words = shlex.split(command.replace('"$(git rev-parse HEAD)"', "REV"))
             if "-t" in words:
                 tags.append(words[words.index("-t") + 1])
     return tags
