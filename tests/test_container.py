@@ -146,7 +146,8 @@ def container(img: Image, *args: str, run_args: tuple[str, ...] = ()) -> Iterato
     try:
         yield c
     finally:
-        img.engine.run("rm", "-f", "-t", "0", name, check=False)
+        now = ("-t", "0") if img.engine.name == "podman" else ()  # docker's rm -f kills at once anyway
+        img.engine.run("rm", "-f", *now, name, check=False)
 
 
 def run_once(img: Image, *args: str, run_args: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
