@@ -187,7 +187,7 @@ class Verifier:
             key = named
             if alg not in key.algs:
                 raise errors.UnsupportedAlg(f"alg {alg!r} does not fit the {key.kty} key {kid!r}")
-            if not self._algorithms[alg].verify(jws.signing_input, key.public, jws.signature):
+            if not self._verifies(alg, key, jws):
                 raise errors.BadSignature()
         claims = jws.claims
         for name in provider.required_claims:
@@ -200,6 +200,12 @@ class Verifier:
             r.context["iss"] = iss[:200] if isinstance(iss, str) else None
             raise
 
+    def _verifies(self, alg: str, key: Key, jws: jose.Jws) -> bool:
+        try:
+            return self._algorithms[alg].verify(jws.signing_input, key.public, jws.signature)
+        except (ValueError, TypeError):  # a signature of a shape the algorithm cannot even read
+            return False
+
     def _kidless(self, jws: jose.Jws, alg: str, index: int) -> Key:
         """A token without kid: try the keys that fit its alg, at most `max_kidless_candidates` of them."""
         provider = self.cfg.providers[index]
@@ -210,10 +216,9 @@ class Verifier:
         if not fitting:
             raise errors.UnsupportedAlg(f"the token has no kid and no trusted key fits alg {alg!r}")
         tried = fitting[:limit]
-        check = self._algorithms[alg].verify
         counter = self.metrics.kidless_attempts
         for key in tried:
-            if check(jws.signing_input, key.public, jws.signature):
+            if self._verifies(alg, key, jws):
                 counter.labels(provider.name, "verified").inc()
                 return key
             counter.labels(provider.name, "failed").inc()
