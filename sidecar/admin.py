@@ -30,8 +30,7 @@ async def apply_action(s: Sidecar, action: dict[str, Any]) -> dict[str, Any]:
         ok = await pk.refresh()
         return {"ok": ok, "refreshed": ok, **pk.describe()}
     kid = action["kid"]
-    found = pk.keys.revoke(kid)
-    purged = s.verifier.cache.forget_kid(index, kid)
+    found, purged = s.verifier.revoke(index, kid)  # kid or RFC 7638 thumbprint
     log.warning("key revoked by admin", extra={"provider": pk.provider.name, "kid": kid[:64]})
     return {"revoked": kid, "was_trusted": found, "cached_tokens_dropped": purged}
 

@@ -20,6 +20,9 @@ ASYMMETRIC_ALGS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256"
 HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+MAX_TOKEN_LIFETIME = 86400.0  # Auth0's default access-token lifetime is exactly this; most IdPs issue 5-60 min
+MAX_KIDLESS_CANDIDATES = 4  # keys tried for a token without kid; each try is a signature verification
+MAX_KIDLESS_CANDIDATES_LIMIT = 16
 
 
 class ConfigError(ValueError):
@@ -41,6 +44,8 @@ class Provider:
     required_claims: tuple[str, ...] = ("exp",)
     revoked_kids: frozenset[str] = frozenset()
     token_sources: tuple[str, ...] = ("header",)  # header | header:NAME | cookie:NAME | query:NAME
+    max_token_lifetime: float = MAX_TOKEN_LIFETIME  # exp - iat (exp - now without iat) at most this; 0: no bound
+    max_kidless_candidates: int = MAX_KIDLESS_CANDIDATES  # 0: tokens without kid are refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +287,12 @@ def _provider(path: str, raw: Any, index: int) -> Provider:
     from sidecar.policy import parse_sources  # policy raises this module's ConfigError
 
     token_sources = parse_sources(f"{path}.token_sources", m.get("token_sources", ["header"]))
+    kidless = _int(f"{path}.max_kidless_candidates", m.get("max_kidless_candidates", MAX_KIDLESS_CANDIDATES))
+    if kidless > MAX_KIDLESS_CANDIDATES_LIMIT:
+        raise ConfigError(
+            f"{path}.max_kidless_candidates",
+            f"at most {MAX_KIDLESS_CANDIDATES_LIMIT}: each candidate costs a signature check per token without kid",
+        )
     return Provider(
         name=name,
         issuer=issuer,
@@ -293,6 +304,8 @@ def _provider(path: str, raw: Any, index: int) -> Provider:
         required_claims=required,
         revoked_kids=revoked,
         token_sources=token_sources,
+        max_token_lifetime=_duration(f"{path}.max_token_lifetime", m.get("max_token_lifetime", MAX_TOKEN_LIFETIME)),
+        max_kidless_candidates=kidless,
     )
 
 

@@ -57,7 +57,7 @@ class UnsupportedAlg(AuthFailure):
 
 class UnknownKid(AuthFailure):
     reason = "unknown_kid"
-    summary = "no trusted key has the token's kid"
+    summary = "no trusted key has the token's kid (without kid: none of the candidate keys verifies it)"
 
 
 class BadSignature(AuthFailure):
@@ -202,6 +202,14 @@ class UpstreamTimeout(UpstreamFailure):
     status = 504
     reason = "upstream_timeout"
     summary = "the app did not answer within limits.upstream_timeout"
+
+
+# --- added for key identity and token lifetime (issue 9) -------------------------------------------------
+
+
+class LifetimeTooLong(AuthFailure):
+    reason = "lifetime_too_long"
+    summary = "exp is further from iat (or from now, without iat) than the provider's max_token_lifetime"
 
 
 def all_reasons() -> list[type[Rejection]]:

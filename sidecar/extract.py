@@ -91,7 +91,8 @@ def _checked(token: str, source: str, max_bytes: int) -> tuple[str, str]:
     if len(token) > max_bytes:
         raise TokenTooLarge(f"token is {len(token)} bytes, limit {max_bytes}")
     if _B64TOKEN.fullmatch(token) is None:
-        raise Malformed("the token has characters outside RFC 6750 token68")
+        padding = "; a JWS is unpadded base64url: '=' padding is refused (RFC 7515 section 2)" if "=" in token else ""
+        raise Malformed("the token has characters outside RFC 6750 token68" + padding)
     return token, source
 
 

@@ -109,6 +109,8 @@ class ProviderKeys:
         except FetchError as e:
             return self._failed(e.result, str(e))
         except InvalidJwks as e:
+            for reason, n in e.ignored.items():  # an all-ignored set is still counted
+                self.metrics.jwks_keys_ignored.labels(name, reason).inc(n)
             return self._failed("invalid", str(e))
         now = self.clock.monotonic()
         changed = self.keys.replace(keys, now)

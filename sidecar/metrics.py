@@ -149,6 +149,12 @@ class Metrics:
         self.ready = Gauge(
             "sidecar_ready", "1 when every provider has usable keys", multiprocess_mode="livemin", registry=r
         )
+        self.kidless_attempts = Counter(
+            "sidecar_auth_kidless_attempts",
+            "Signature checks of tokens without kid against a candidate key, by provider and result",
+            ["provider", "result"],
+            registry=r,
+        )
         for reason in AUTH_REASONS:
             self.auth_failures.labels(reason)
         for reason in REQUEST_REASONS:
@@ -169,6 +175,8 @@ class Metrics:
         for outcome in ("fetched", "suppressed"):
             self.jwks_refetches.labels(name, outcome)
         self.jwks_keys.labels(name)
+        for result in ("verified", "failed"):
+            self.kidless_attempts.labels(name, result)
         self.clock_skew.labels(name)
         self.jwks_age.labels(name)
         self.jwks_stale.labels(name)

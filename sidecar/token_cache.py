@@ -1,9 +1,11 @@
 """Verified tokens, remembered by digest so a repeat costs a hash and a lookup, not an RSA verify.
 
-Entries hold only what a later request needs (provider, kid, times, claim header values), never the token.
+Entries hold only what a later request needs (provider, kid, the verifying key's thumbprint, times, claim
+header values), never the token.
 The key is the token's full SHA-256 digest: two tokens share an entry only through a SHA-256 collision.
 Expiry, grace and not-before are re-checked by the caller on every hit with the current clock, and a hit
-whose key is no longer trusted (revoked, retention over) is treated as a miss.
+whose exact key (by thumbprint, not by kid: a token without kid has one too) is no longer trusted (revoked,
+retention over) is treated as a miss.
 
 Each entry is one packed `bytes` in a plain dict kept in LRU order (a hit moves to the end). Measured with
 100,000 entries: about 20 MB, against 58 MB for dataclass entries in cachetools' `LRUCache`, 31 MB for
@@ -20,7 +22,7 @@ import struct
 from dataclasses import dataclass
 from itertools import islice
 
-_HEAD = struct.Struct("<BHdddH")  # provider index, kid index, exp, nbf, iat (NaN: absent), verdict bytes
+_HEAD = struct.Struct("<BHdddH")  # provider, (kid, key) index, exp, nbf, iat (NaN: absent), verdict bytes
 _ABSENT = "\x01"  # claim values are header-safe (no control characters), so these markers cannot clash
 _SEP = "\x00"
 _NAN = math.nan
@@ -35,6 +37,7 @@ class VerifiedToken:
     iat: float | None
     claim_values: tuple[str | None, ...]  # aligned with Config.all_claim_headers; None: claim absent
     verdicts: bytes = b""  # one byte per rule, 0 where the token satisfies the rule (rules.verdict)
+    key: str = ""  # RFC 7638 thumbprint of the key that verified it; "" never matches a trusted key
 
 
 # Per entry beyond the packed bytes: the 32-byte digest key and both objects' headers, plus the dict's
@@ -51,7 +54,7 @@ def _opt(v: float) -> float | None:
 
 
 class TokenCache:
-    __slots__ = ("_bytes", "_entries", "_kid_index", "_kids", "_max", "_max_bytes", "_values")
+    __slots__ = ("_bytes", "_entries", "_ident_index", "_idents", "_max", "_max_bytes", "_values")
 
     def __init__(self, max_entries: int, claim_values: int = 0, max_bytes: int = 32 << 20) -> None:
         self._entries: dict[bytes, bytes] = {}
@@ -59,34 +62,37 @@ class TokenCache:
         self._max_bytes = max_bytes  # what entries hold, with the dict's own cost per entry counted in
         self._bytes = 0
         self._values = claim_values
-        self._kids: list[str | None] = []
-        self._kid_index: dict[str | None, int] = {}
+        # (kid, thumbprint) pairs, stored once and named by index in the packed entries
+        self._idents: list[tuple[str | None, str]] = []
+        self._ident_index: dict[tuple[str | None, str], int] = {}
 
     def get(self, digest: bytes) -> VerifiedToken | None:
         blob = self._entries.pop(digest, None)
         if blob is None:
             return None
         self._entries[digest] = blob  # now the most recently used
-        provider, kid, exp, nbf, iat, n = _HEAD.unpack_from(blob)
+        provider, ident, exp, nbf, iat, n = _HEAD.unpack_from(blob)
         at = _HEAD.size + n
         values: tuple[str | None, ...] = ()
         if self._values:
             values = tuple(None if v == _ABSENT else v for v in blob[at:].decode().split(_SEP))
-        return VerifiedToken(provider, self._kids[kid], _opt(exp), _opt(nbf), _opt(iat), values, blob[_HEAD.size : at])
+        kid, key = self._idents[ident]
+        return VerifiedToken(provider, kid, _opt(exp), _opt(nbf), _opt(iat), values, blob[_HEAD.size : at], key)
 
     def put(self, digest: bytes, entry: VerifiedToken) -> None:
         if self._max <= 0:
             return
-        kid = self._kid_index.get(entry.kid)
-        if kid is None:
-            if len(self._kids) > 0xFFFF:
-                return  # only trusted kids get here, so this is never reached in practice; stay correct anyway
-            kid = self._kid_index[entry.kid] = len(self._kids)
-            self._kids.append(entry.kid)
+        pair = (entry.kid, entry.key)
+        ident = self._ident_index.get(pair)
+        if ident is None:
+            if len(self._idents) > 0xFFFF:
+                return  # only trusted keys get here, so this is never reached in practice; stay correct anyway
+            ident = self._ident_index[pair] = len(self._idents)
+            self._idents.append(pair)
         blob = (
             _HEAD.pack(
                 entry.provider,
-                kid,
+                ident,
                 _NAN if entry.exp is None else entry.exp,
                 _NAN if entry.nbf is None else entry.nbf,
                 _NAN if entry.iat is None else entry.iat,
@@ -115,12 +121,12 @@ class TokenCache:
         if blob is not None:
             self._bytes -= _cost(blob)
 
-    def forget_kid(self, provider: int, kid: str) -> int:
-        """Drop every entry verified by one key (the key was revoked). Returns how many went."""
-        index = self._kid_index.get(kid)
-        if index is None:
+    def forget_key(self, provider: int, thumbprint: str) -> int:
+        """Drop every entry one key verified (revoked, or its retention ended). Returns how many went."""
+        indexes = {i for i, (_, key) in enumerate(self._idents) if key == thumbprint}
+        if not indexes:
             return 0
-        doomed = [d for d, b in self._entries.items() if _HEAD.unpack_from(b)[:2] == (provider, index)]
+        doomed = [d for d, b in self._entries.items() if (h := _HEAD.unpack_from(b))[0] == provider and h[1] in indexes]
         for d in doomed:
             self.discard(d)
         return len(doomed)

@@ -1,7 +1,11 @@
-"""Token verification: PyJWT checks the JWS; this module adds the checks PyJWT does not make.
+"""Token verification: `jose` reads the token strictly, PyJWT's algorithms check the signature, and this
+module makes every other check.
 
-PyJWT reads the wall clock itself and accepts `"exp": "123"`, so every time and type check on registered
-claims happens here, once, against the injected clock. PyJWT exceptions map 1:1 onto our reasons.
+PyJWT's own decoder reads JSON leniently (UTF-16, duplicate members, NaN), reads the wall clock itself and
+accepts `"exp": "123"`, so the token is parsed once by `jose.parse`, the signature is checked with PyJWT's
+algorithm objects, and every time and type check on registered claims happens here, against the injected
+clock. A token without kid is tried against the few keys that fit its alg (`max_kidless_candidates`), and
+whatever key verified it, by thumbprint, is what a cache hit is checked against later.
 """
 
 from __future__ import annotations
@@ -13,14 +17,14 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-import jwt
-from jwt import exceptions as jex
+from jwt.algorithms import Algorithm, get_default_algorithms
 
-from sidecar import errors
+from sidecar import errors, jose
 from sidecar.clock import Clock
-from sidecar.config import Config, Provider
+from sidecar.config import ASYMMETRIC_ALGS, Config, Provider
 from sidecar.fetcher import ProviderKeys
 from sidecar.headers import header_safe
+from sidecar.jwks import Key
 from sidecar.metrics import Metrics
 from sidecar.rules import RuleSet, claim_value
 from sidecar.token_cache import TokenCache, VerifiedToken
@@ -28,16 +32,10 @@ from sidecar.token_cache import TokenCache, VerifiedToken
 # JOSE header parameters that would make a verifier fetch or trust key material named by the token
 # itself, or change how the payload is read. We never follow them; `crit`/`b64`/`zip` are refused.
 _REFUSED_HEADER = ("crit", "b64", "zip", "enc")
-_PYJWT_OPTIONS_BASE = {
-    "verify_signature": True,
-    "verify_exp": False,
-    "verify_nbf": False,
-    "verify_iat": False,
-    "verify_aud": False,
-    "verify_iss": False,
-    "verify_sub": False,
-    "verify_jti": False,
-}
+
+
+def _seconds(x: float) -> str:
+    return f"{x:.0f}s" if abs(x) < 1e12 else f"{x:.3g}s"  # exp: 1e300 must not print 300 digits
 
 
 def _number(claims: Mapping[str, Any], name: str) -> float | None:
@@ -77,15 +75,21 @@ class Verifier:
         self._claim_paths = tuple(claim for _, claim in cfg.all_claim_headers)
         self.cache = TokenCache(cfg.token_cache_size, len(self._claim_paths), cfg.token_cache_max_bytes)
         for index, pk in enumerate(keys):
-            pk.keys.on_drop = functools.partial(self.cache.forget_kid, index)
+            pk.keys.on_drop = functools.partial(self.cache.forget_key, index)
         self.leeway = cfg.leeway
         self.grace = cfg.expired_grace
         self._by_issuer = {p.issuer: i for i, p in enumerate(cfg.providers)}
-        self._jwt = jwt.PyJWT()
-        self._options = [{**_PYJWT_OPTIONS_BASE, "require": list(p.required_claims)} for p in cfg.providers]
+        self._max_lifetime = tuple(p.max_token_lifetime for p in cfg.providers)
+        algorithms = get_default_algorithms()
+        self._algorithms: dict[str, Algorithm] = {a: algorithms[a] for a in ASYMMETRIC_ALGS}
+
+    def revoke(self, provider: int, ident: str) -> tuple[bool, int]:
+        """Revoke a key by kid or thumbprint: (was it trusted, how many cached tokens it verified went)."""
+        dropped = self.keys[provider].keys.revoke(ident)
+        return bool(dropped), sum(self.cache.forget_key(provider, k.thumbprint) for k in dropped)
 
     def times(self, t: VerifiedToken, now: float) -> float | None:
-        """Seconds past `exp` when accepted inside grace, else None. Raises for expired/nbf/iat."""
+        """Seconds past `exp` when accepted inside grace, else None. Raises for expired/nbf/iat/lifetime."""
         leeway = self.leeway
         if t.nbf is not None and now + leeway < t.nbf:
             raise errors.NotYetValid(f"valid from {t.nbf:.0f}, now {now:.0f} (leeway {leeway:g}s)")
@@ -96,6 +100,15 @@ class Verifier:
             )
         if t.exp is None:
             return None
+        limit = self._max_lifetime[t.provider]
+        if limit:
+            # With iat the bound is fixed by the token; without it, exp may be at most that far from now.
+            start = now if t.iat is None else t.iat
+            if t.exp - start > limit + leeway:
+                raise errors.LifetimeTooLong(
+                    f"exp is {_seconds(t.exp - start)} after {'now' if t.iat is None else 'iat'}; "
+                    f"max_token_lifetime is {limit:g}s"
+                )
         past = now - t.exp
         if past <= leeway:
             return None
@@ -105,15 +118,12 @@ class Verifier:
 
     async def verify(self, token: str) -> tuple[VerifiedToken, float | None]:
         """The verified token and its grace seconds (None unless accepted inside grace)."""
-        if token.count(".") != 2 or "=" in token:
-            # JWS compact form is three unpadded base64url parts. PyJWT tolerates padding, but one token
-            # must have one spelling, or the app's JWT library may read it differently than we did.
-            raise errors.Malformed("not three unpadded base64url parts (header.payload.signature)")
         digest = hashlib.sha256(token.encode()).digest()
         hit = self.cache.get(digest)
         if hit is not None:
             pk = self.keys[hit.provider]
-            if pk.trusted(hit.kid) and pk.usable():
+            # The exact key that verified it, not whatever key its kid (or its lack of one) names today.
+            if pk.usable() and pk.keys.trusts(hit.key, self.clock.monotonic()):
                 self.metrics.token_cache.labels("hit").inc()
                 return hit, self._timed(hit)
             self.cache.discard(digest)
@@ -131,23 +141,18 @@ class Verifier:
             r.context = {"kid": entry.kid, "iss": self.cfg.providers[entry.provider].issuer}
             raise
 
-    def _provider_for(self, token: str) -> int:
+    def _provider_for(self, claims: Mapping[str, Any]) -> int:
         if len(self.cfg.providers) == 1:
             return 0
-        try:
-            iss = self._jwt.decode(token, options={"verify_signature": False}).get("iss")
-        except jex.PyJWTError:
-            raise errors.Malformed("the token's payload is not a JSON object") from None
+        iss = claims.get("iss")
         index = self._by_issuer.get(iss) if isinstance(iss, str) else None
         if index is None:
             raise errors.IssuerMismatch("iss names no configured provider")
         return index
 
     async def _verify_fully(self, token: str) -> VerifiedToken:
-        try:
-            header = jwt.get_unverified_header(token)
-        except jex.PyJWTError:
-            raise errors.Malformed("the token is not a JWS compact serialisation (header.payload.signature)") from None
+        jws = jose.parse(token)
+        header = jws.header
         alg = header.get("alg")
         if not isinstance(alg, str):
             raise errors.Malformed("the token header has no alg")
@@ -155,49 +160,79 @@ class Verifier:
             if name in header:
                 raise errors.Malformed(f"the token header uses {name!r}, which this sidecar does not support")
         kid = header.get("kid")
-        if kid is not None and not isinstance(kid, str):
-            raise errors.Malformed("kid must be a string")
+        if "kid" in header and not isinstance(kid, str):
+            raise errors.Malformed("kid must be a string")  # `"kid": null` too: absent and null are not one thing
         try:
-            return await self._with_header(token, alg, kid)
+            return await self._with_header(jws, alg, kid)
         except errors.Rejection as r:
             r.context.update(kid=None if kid is None else kid[:64], alg=alg[:16])
             raise
 
-    async def _with_header(self, token: str, alg: str, kid: str | None) -> VerifiedToken:
-        index = self._provider_for(token)
+    async def _with_header(self, jws: jose.Jws, alg: str, kid: str | None) -> VerifiedToken:
+        index = self._provider_for(jws.claims)
         provider = self.cfg.providers[index]
         if alg not in provider.algorithms:
             raise errors.UnsupportedAlg(f"alg {alg!r} is not allowed (allowed: {', '.join(provider.algorithms)})")
         pk = self.keys[index]
         if not pk.usable():
             raise errors.KeysUnavailable(f"no usable keys for provider {provider.name!r}")
-        key = pk.key_for(kid)
-        if key is None and kid is not None and await pk.refetch_unknown_kid(kid):
-            key = pk.key_for(kid)
-        if key is None:
-            raise errors.UnknownKid(
-                "no trusted key has this kid" if kid else "the token has no kid and the key set has several keys"
-            )
-        if alg not in key.algs:
-            raise errors.UnsupportedAlg(f"alg {alg!r} does not fit the {key.kty} key {kid!r}")
+        if kid is None:
+            key = self._kidless(jws, alg, index)
+        else:
+            named = pk.keys.get(kid, self.clock.monotonic())
+            if named is None and await pk.refetch_unknown_kid(kid):
+                named = pk.keys.get(kid, self.clock.monotonic())
+            if named is None:
+                raise errors.UnknownKid("no trusted key has this kid")
+            key = named
+            if alg not in key.algs:
+                raise errors.UnsupportedAlg(f"alg {alg!r} does not fit the {key.kty} key {kid!r}")
+            if not self._verifies(alg, key, jws):
+                raise errors.BadSignature()
+        claims = jws.claims
+        for name in provider.required_claims:
+            if claims.get(name) is None:
+                raise errors.MissingClaim(f"the token has no {name!r} claim")
         try:
-            claims = self._jwt.decode(token, key.public, algorithms=[alg], options=self._options[index])  # type: ignore[arg-type]
-        except jex.InvalidSignatureError:
-            raise errors.BadSignature() from None
-        except jex.MissingRequiredClaimError as e:
-            raise errors.MissingClaim(f"the token has no {e.claim!r} claim") from None
-        except (jex.InvalidAlgorithmError, jex.InvalidKeyError):
-            raise errors.UnsupportedAlg(f"alg {alg!r} cannot be used with this key") from None
-        except jex.PyJWTError:
-            raise errors.Malformed("the token's payload is not a JSON object") from None
-        try:
-            return self._check_claims(claims, provider, index, kid)
+            return self._check_claims(claims, provider, index, kid, key)
         except errors.Rejection as r:
             iss = claims.get("iss")
             r.context["iss"] = iss[:200] if isinstance(iss, str) else None
             raise
 
-    def _check_claims(self, claims: dict[str, Any], provider: Provider, index: int, kid: str | None) -> VerifiedToken:
+    def _verifies(self, alg: str, key: Key, jws: jose.Jws) -> bool:
+        try:
+            return self._algorithms[alg].verify(jws.signing_input, key.public, jws.signature)
+        except (ValueError, TypeError):  # a signature of a shape the algorithm cannot even read
+            return False
+
+    def _kidless(self, jws: jose.Jws, alg: str, index: int) -> Key:
+        """A token without kid: try the keys that fit its alg, at most `max_kidless_candidates` of them."""
+        provider = self.cfg.providers[index]
+        limit = provider.max_kidless_candidates
+        if limit == 0:
+            raise errors.UnknownKid("the token has no kid, and this provider requires one (max_kidless_candidates: 0)")
+        fitting = self.keys[index].keys.candidates(alg, self.clock.monotonic())
+        if not fitting:
+            raise errors.UnsupportedAlg(f"the token has no kid and no trusted key fits alg {alg!r}")
+        tried = fitting[:limit]
+        counter = self.metrics.kidless_attempts
+        for key in tried:
+            if self._verifies(alg, key, jws):
+                counter.labels(provider.name, "verified").inc()
+                return key
+            counter.labels(provider.name, "failed").inc()
+        n = len(tried)
+        untried = len(fitting) - n
+        # unknown_kid, not bad_signature: no trusted key is this token's key, as for a kid nobody has.
+        raise errors.UnknownKid(
+            f"no kid; tried {n} candidate key{'s' if n != 1 else ''}; none verified"
+            + (f" ({untried} more not tried: max_kidless_candidates is {limit})" if untried else "")
+        )
+
+    def _check_claims(
+        self, claims: dict[str, Any], provider: Provider, index: int, kid: str | None, key: Key
+    ) -> VerifiedToken:
         exp, nbf, iat = _number(claims, "exp"), _number(claims, "nbf"), _number(claims, "iat")
         iss = claims.get("iss")
         if iss is None:
@@ -225,4 +260,5 @@ class Verifier:
             iat=iat,
             claim_values=tuple(render(claim_value(claims, path)) for path in self._claim_paths),
             verdicts=self.rules.verdicts(claims, provider.name),
+            key=key.thumbprint,
         )

@@ -238,3 +238,71 @@ def _split_labels(s: str) -> list[str]:
     if cur:
         parts.append(cur)
     return parts
+
+
+# --- key sets in the shapes IdPs publish, and tokens signed byte for byte (appended for issues 9 and 15) ----
+
+import base64  # noqa: E402
+import datetime  # noqa: E402
+
+from cryptography import x509  # noqa: E402
+from cryptography.hazmat.primitives import hashes  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ed448, ed25519  # noqa: E402
+from cryptography.hazmat.primitives.serialization import Encoding  # noqa: E402
+from cryptography.x509.oid import NameOID  # noqa: E402
+from jwt.algorithms import get_default_algorithms  # noqa: E402
+
+
+def b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def sign_raw(header: bytes, payload: bytes, private: Any, alg: str) -> str:
+    """A compact JWS over exactly these header and payload bytes (any encoding a test wants to try)."""
+    signing_input = f"{b64url(header)}.{b64url(payload)}"
+    signature = get_default_algorithms()[alg].sign(signing_input.encode(), private)
+    return f"{signing_input}.{b64url(signature)}"
+
+
+def certificate(private: Any, name: str = "sidecar-test") -> x509.Certificate:
+    """A self-signed certificate around a key, as Google and Entra ID publish theirs (a key container)."""
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(private.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=14))
+    )
+    eddsa = isinstance(private, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey)
+    return builder.sign(private, None if eddsa else hashes.SHA256())
+
+
+def certificate_pem(private: Any) -> str:
+    return certificate(private).public_bytes(Encoding.PEM).decode()
+
+
+def certificate_x5c(private: Any) -> list[str]:
+    return [base64.b64encode(certificate(private).public_bytes(Encoding.DER)).decode()]
+
+
+class KeySetServer:
+    """Serves whatever key-set document a test sets, so it can rotate and revoke keys under a real process."""
+
+    def __init__(self) -> None:
+        self.doc: Any = {"keys": []}
+        self.fetches = 0
+        app = web.Application()
+        app.router.add_get("/jwks.json", self._serve)
+        self.server = ThreadedServer(app)
+        self.url = f"{self.server.url}/jwks.json"
+
+    async def _serve(self, request: web.Request) -> web.Response:
+        self.fetches += 1
+        return web.json_response(self.doc)
+
+    def stop(self) -> None:
+        self.server.stop()

@@ -104,7 +104,7 @@ async def test_valid_tokens_keep_working_through_an_outage_until_max_stale_then_
 
 
 async def test_cached_tokens_also_stop_at_max_stale(fresh_issuer: DevIssuer, make_sidecar: MakeSidecar) -> None:
-    sc = await make_sidecar(fresh_issuer, expired_grace="48h")
+    sc = await make_sidecar(fresh_issuer, expired_grace="48h", providers=[long_lived(fresh_issuer)])
     token = fresh_issuer.mint(now=sc.clock.now(), ttl=3 * 86400)
     assert await status_of(sc, token) == (200, None)
     fresh_issuer.outage = "500"
@@ -154,7 +154,7 @@ async def test_a_removed_key_works_for_the_retention_window_and_not_after(
 async def test_a_cached_token_of_a_retired_key_stops_when_retention_ends(
     fresh_issuer: DevIssuer, make_sidecar: MakeSidecar
 ) -> None:
-    sc = await make_sidecar(fresh_issuer, expired_grace="3d")
+    sc = await make_sidecar(fresh_issuer, expired_grace="3d", providers=[long_lived(fresh_issuer)])
     old = fresh_issuer.signing
     token = fresh_issuer.mint(key=old, now=sc.clock.now(), ttl=2 * 86400)
     assert await status_of(sc, token) == (200, None)
@@ -362,7 +362,7 @@ async def test_after_a_failed_refresh_the_next_try_comes_sooner(
 async def test_cached_tokens_of_a_key_are_forgotten_when_its_retention_ends(
     fresh_issuer: DevIssuer, make_sidecar: MakeSidecar
 ) -> None:
-    sc = await make_sidecar(fresh_issuer, expired_grace="3d")
+    sc = await make_sidecar(fresh_issuer, expired_grace="3d", providers=[long_lived(fresh_issuer)])
     old = fresh_issuer.signing
     for i in range(5):
         assert await status_of(sc, fresh_issuer.mint(key=old, sub=f"u{i}", now=sc.clock.now(), ttl=2 * 86400)) == (
@@ -376,3 +376,13 @@ async def test_cached_tokens_of_a_key_are_forgotten_when_its_retention_ends(
     sc.clock.advance(RETENTION + 1)
     sc.state.keys[0].update_gauges()  # what the gauge loop does every second: expiry runs there
     assert len(sc.state.verifier.cache) == 0
+
+
+def long_lived(issuer: DevIssuer) -> dict[str, object]:
+    """The default provider, for tests whose tokens outlive the 24 h max_token_lifetime on purpose."""
+    return {
+        "issuer": issuer.issuer,
+        "audiences": ["demo-api"],
+        "jwks_url": f"{issuer.issuer}/jwks.json",
+        "max_token_lifetime": "4d",
+    }

@@ -11,9 +11,9 @@ def d(i: int) -> bytes:
     return hashlib.sha256(str(i).encode()).digest()
 
 
-def entry(i: int, kid: str | None = "k1", provider: int = 0) -> VerifiedToken:
+def entry(i: int, kid: str | None = "k1", provider: int = 0, key: str = "tp1") -> VerifiedToken:
     values = (f"user{i}", None) if i % 2 else (f"u{i}", "a,b")
-    return VerifiedToken(provider, kid, 1.8e9 + i, None if i % 3 else 1.7e9, 1.79e9, values, bytes([0, i % 3]))
+    return VerifiedToken(provider, kid, 1.8e9 + i, None if i % 3 else 1.7e9, 1.79e9, values, bytes([0, i % 3]), key)
 
 
 def test_a_hit_returns_exactly_what_was_verified_including_absent_claims() -> None:
@@ -51,14 +51,16 @@ def test_a_size_of_zero_turns_the_cache_off() -> None:
     assert cache.get(d(1)) is None and len(cache) == 0
 
 
-def test_forgetting_a_kid_drops_only_that_providers_tokens_of_that_key() -> None:
+def test_forgetting_a_key_drops_only_that_providers_tokens_of_that_key() -> None:
     cache = TokenCache(10, 2)
-    cache.put(d(1), entry(1, kid="a"))
-    cache.put(d(2), entry(2, kid="b"))
-    cache.put(d(3), entry(3, kid="a", provider=1))
-    assert cache.forget_kid(0, "a") == 1
-    assert cache.get(d(1)) is None and cache.get(d(2)) is not None and cache.get(d(3)) is not None
-    assert cache.forget_kid(0, "never-seen") == 0
+    cache.put(d(1), entry(1, kid="a", key="A"))
+    cache.put(d(2), entry(2, kid="b", key="B"))
+    cache.put(d(3), entry(3, kid="a", provider=1, key="A"))
+    cache.put(d(4), entry(4, kid=None, key="A"))  # the same key, verifying a token without kid
+    assert cache.forget_key(0, "A") == 2
+    assert cache.get(d(1)) is None and cache.get(d(4)) is None
+    assert cache.get(d(2)) is not None and cache.get(d(3)) is not None
+    assert cache.forget_key(0, "never-seen") == 0
 
 
 def test_the_memory_budget_holds_for_tokens_with_large_claims() -> None:
@@ -69,3 +71,20 @@ def test_the_memory_budget_holds_for_tokens_with_large_claims() -> None:
     assert cache.size_bytes <= 1 << 20
     assert len(cache) < 300  # the byte budget binds long before the entry bound
     assert cache.get(d(999)) is not None and cache.get(d(0)) is None
+
+
+def test_a_hit_names_the_exact_key_that_verified_it_with_or_without_kid() -> None:
+    cache = TokenCache(10, 2)
+    cache.put(d(1), entry(1, kid=None, key="thumb-1"))
+    cache.put(d(2), entry(2, kid="k", key="thumb-2"))
+    cache.put(d(3), entry(3, kid="k", key="thumb-3"))  # the same kid naming another key later (kid reuse)
+    got = [cache.get(d(i)) for i in (1, 2, 3)]
+    assert [(g.kid, g.key) for g in got if g] == [(None, "thumb-1"), ("k", "thumb-2"), ("k", "thumb-3")]
+    assert cache.forget_key(0, "thumb-2") == 1 and cache.get(d(3)) is not None
+
+
+def test_an_entry_without_a_key_identity_round_trips_as_none_trusted() -> None:
+    cache = TokenCache(10, 0)
+    cache.put(d(1), VerifiedToken(0, None, 1.8e9, None, None, ()))
+    hit = cache.get(d(1))
+    assert hit is not None and hit.key == ""  # "" is never a trusted thumbprint: such a hit is a miss

@@ -145,7 +145,7 @@ def test_pyjwt_alone_accepts_a_numeric_string_exp_which_is_why_verify_checks_typ
         ({"iss": ["x"]}, "invalid_claim"),
         ({"sub": 42}, "invalid_claim"),
         ({"scope": ["a"]}, "invalid_claim"),
-        ({"exp": 4102444800.5}, None),
+        ({"exp": 4102444800.5}, "lifetime_too_long"),  # a number (no invalid_claim), but 2100 is too far
     ],
     ids=lambda v: str(v),
 )
@@ -282,3 +282,202 @@ async def test_a_genuine_expired_token_retried_in_a_loop_is_refused_from_the_cac
     assert sc.metric("sidecar_token_cache_lookups_total", result="miss") == 1
     assert sc.metric("sidecar_token_cache_lookups_total", result="hit") == 2
     assert sc.metric("sidecar_auth_failures_total", reason="expired") == 3
+
+
+# --- key identity in the cache, tokens without kid, max_token_lifetime (issues 9 and 15) ------------------
+
+from collections.abc import Iterator  # noqa: E402
+from typing import Any  # noqa: E402
+
+from sidecar.devtools.issuer import SigningKey, new_key  # noqa: E402
+from sidecar.jwks import thumbprint  # noqa: E402
+from tests.support import KeySetServer  # noqa: E402
+
+ISS = "https://idp.example"
+
+
+@pytest.fixture
+def key_server() -> Iterator[KeySetServer]:
+    server = KeySetServer()
+    yield server
+    server.stop()
+
+
+def kidless(key: SigningKey) -> dict[str, Any]:
+    return {k: v for k, v in key.public_jwk().items() if k not in ("kid", "alg")}
+
+
+def mint(key: SigningKey, now: float, kid: str | None = None, **claims: Any) -> str:
+    payload = {"iss": ISS, "aud": "demo-api", "sub": "u", "iat": int(now), "exp": int(now) + 300} | claims
+    payload = {k: v for k, v in payload.items() if v is not None}
+    return jwt.encode(payload, key.private, algorithm=key.alg, headers={"kid": kid} if kid else None)
+
+
+async def served(
+    make_sidecar: MakeSidecar, issuer: DevIssuer, server: KeySetServer, retention: str = "0s", **provider: Any
+) -> InProc:
+    return await make_sidecar(
+        issuer,
+        providers=[{"issuer": ISS, "audiences": ["demo-api"], "jwks_url": server.url, **provider}],
+        jwks={"key_retention": retention},
+    )
+
+
+async def test_a_cached_kidless_token_dies_with_the_key_that_verified_it(
+    issuer: DevIssuer, make_sidecar: MakeSidecar, key_server: KeySetServer
+) -> None:
+    old, new = new_key("RS256"), new_key("RS256")
+    key_server.doc = {"keys": [kidless(old)]}
+    sc = await served(make_sidecar, issuer, key_server)
+    token = mint(old, sc.clock.now())
+    assert await reason(sc, token) is None
+    assert await reason(sc, token) is None  # now from the cache
+    key_server.doc = {"keys": [kidless(new)]}  # replaced: still exactly one key, as before
+    assert await sc.state.keys[0].refresh()
+    assert await reason(sc, token) == "unknown_kid"  # no trusted key verifies it any more
+    assert await reason(sc, mint(new, sc.clock.now())) is None
+
+
+async def test_a_cached_kidless_token_lives_exactly_as_long_as_its_key_is_retained(
+    issuer: DevIssuer, make_sidecar: MakeSidecar, key_server: KeySetServer
+) -> None:
+    old, new = new_key("ES256"), new_key("ES256")
+    key_server.doc = {"keys": [kidless(old)]}
+    sc = await served(make_sidecar, issuer, key_server, retention="10m")
+    token = mint(old, sc.clock.now(), exp=int(sc.clock.now()) + 3600)
+    assert await reason(sc, token) is None
+    key_server.doc = {"keys": [kidless(new)]}
+    assert await sc.state.keys[0].refresh()
+    sc.clock.advance(599)
+    assert await reason(sc, token) is None  # retained
+    sc.clock.advance(2)
+    sc.state.keys[0].keys.expire(sc.clock.monotonic())
+    assert await reason(sc, token) == "unknown_kid"
+    assert len(sc.state.verifier.cache) <= 1
+
+
+async def test_revoking_a_kidless_key_by_thumbprint_drops_its_cached_tokens(
+    issuer: DevIssuer, make_sidecar: MakeSidecar, key_server: KeySetServer
+) -> None:
+    bad, good = new_key("RS256"), new_key("RS256")
+    key_server.doc = {"keys": [kidless(bad), kidless(good)]}
+    sc = await served(make_sidecar, issuer, key_server)
+    token = mint(bad, sc.clock.now())
+    assert await reason(sc, token) is None
+    tp = thumbprint(bad.private.public_key())
+    r = await sc.admin.post(f"/admin/keys/default/{tp}/revoke")
+    assert (await r.json())["cached_tokens_dropped"] == 1
+    assert await reason(sc, token) == "unknown_kid"
+    listing = await (await sc.admin.get("/admin/keys")).json()
+    assert tp not in [k["thumbprint"] for k in listing[0]["keys"]]
+    assert await reason(sc, mint(good, sc.clock.now())) is None
+
+
+async def test_a_cached_token_is_checked_against_its_key_not_against_its_kid(
+    issuer: DevIssuer, make_sidecar: MakeSidecar, key_server: KeySetServer
+) -> None:
+    first, second = new_key("RS256", kid="k1"), new_key("RS256", kid="k1")
+    key_server.doc = {"keys": [first.public_jwk()]}
+    sc = await served(make_sidecar, issuer, key_server)
+    token = mint(first, sc.clock.now(), kid="k1")
+    assert await reason(sc, token) is None
+    key_server.doc = {"keys": [second.public_jwk()]}  # the IdP reuses the kid for a new key
+    assert await sc.state.keys[0].refresh()
+    assert await reason(sc, token) == "bad_signature"
+
+
+async def test_a_kidless_token_is_tried_against_the_keys_that_fit_its_alg(
+    issuer: DevIssuer, make_sidecar: MakeSidecar, key_server: KeySetServer
+) -> None:
+    rsa_keys = [new_key("RS256", kid=f"r{i}") for i in range(3)]
+    ec_key = new_key("ES256", kid="e")
+    key_server.doc = {"keys": [k.public_jwk() for k in (ec_key, *rsa_keys)]}
+    sc = await served(make_sidecar, issuer, key_server)
+    assert await reason(sc, mint(rsa_keys[2], sc.clock.now())) is None
+    assert sc.metric("sidecar_auth_kidless_attempts_total", provider="default", result="failed") == 2
+    assert sc.metric("sidecar_auth_kidless_attempts_total", provider="default", result="verified") == 1
+    assert await reason(sc, mint(ec_key, sc.clock.now())) is None  # one ES256 candidate only
+    assert sc.metric("sidecar_auth_kidless_attempts_total", provider="default", result="failed") == 2
+
+
+async def test_kidless_tries_are_bounded_and_the_reason_says_what_happened(
+    issuer: DevIssuer, make_sidecar: MakeSidecar, key_server: KeySetServer
+) -> None:
+    keys = [new_key("ES256") for _ in range(4)]
+    key_server.doc = {"keys": [kidless(k) for k in keys]}
+    sc = await served(make_sidecar, issuer, key_server, max_kidless_candidates=2)
+    r = await sc.get(token=mint(keys[3], sc.clock.now()))
+    body = await r.json()
+    assert body["reason"] == "unknown_kid"
+    assert body["description"] == (
+        "no kid; tried 2 candidate keys; none verified (2 more not tried: max_kidless_candidates is 2)"
+    )
+    stranger = new_key("ES256")
+    r = await sc.get(token=mint(stranger, sc.clock.now()))
+    assert (await r.json())["description"].startswith("no kid; tried 2 candidate keys; none verified")
+    r = await sc.get(token=mint(new_key("RS256"), sc.clock.now()))
+    assert (await r.json())["reason"] == "unsupported_alg"
+
+
+async def test_kidless_tokens_can_be_refused_outright(
+    issuer: DevIssuer, make_sidecar: MakeSidecar, key_server: KeySetServer
+) -> None:
+    key = new_key("ES256", kid="only")
+    key_server.doc = {"keys": [key.public_jwk()]}
+    sc = await served(make_sidecar, issuer, key_server, max_kidless_candidates=0)
+    assert await reason(sc, mint(key, sc.clock.now())) == "unknown_kid"
+    assert await reason(sc, mint(key, sc.clock.now(), kid="only")) is None
+
+
+@pytest.mark.parametrize(
+    ("lifetime", "claims", "expected"),
+    [
+        ("24h", {"exp": 86400}, None),
+        ("24h", {"exp": 86400 + 60}, None),  # leeway applies
+        ("24h", {"exp": 86400 + 61}, "lifetime_too_long"),
+        ("24h", {"exp": 1e300}, "lifetime_too_long"),
+        ("24h", {"iat": None, "exp": 86000}, None),  # without iat: measured from now
+        ("24h", {"iat": None, "exp": 90000}, "lifetime_too_long"),
+        ("1h", {"exp": 3700}, "lifetime_too_long"),
+        ("0", {"exp": 1e300}, None),
+    ],
+    ids=str,
+)
+async def test_max_token_lifetime_bounds_exp_from_iat_or_from_now(
+    issuer: DevIssuer,
+    make_sidecar: MakeSidecar,
+    key_server: KeySetServer,
+    lifetime: str,
+    claims: dict[str, Any],
+    expected: str | None,
+) -> None:
+    key = new_key("ES256", kid="k")
+    key_server.doc = {"keys": [key.public_jwk()]}
+    sc = await served(make_sidecar, issuer, key_server, max_token_lifetime=lifetime)
+    now = int(sc.clock.now())
+    exp = claims["exp"]
+    relative = {**claims, "exp": exp if exp > 1e12 else now + exp}  # seconds after iat (= now when minted)
+    assert await reason(sc, mint(key, now, kid="k", **relative)) == expected
+
+
+async def test_a_token_past_the_lifetime_bound_says_so_briefly_and_is_refused_from_the_cache(
+    issuer: DevIssuer, make_sidecar: MakeSidecar, key_server: KeySetServer
+) -> None:
+    key = new_key("ES256", kid="k")
+    key_server.doc = {"keys": [key.public_jwk()]}
+    sc = await served(make_sidecar, issuer, key_server)
+    token = mint(key, sc.clock.now(), kid="k", exp=1e300)
+    for _ in range(2):
+        r = await sc.get(token=token)
+        assert (await r.json())["description"] == "exp is 1e+300s after iat; max_token_lifetime is 86400s"
+    assert sc.metric("sidecar_token_cache_lookups_total", result="hit") == 1
+    assert sc.metric("sidecar_auth_failures_total", reason="lifetime_too_long") == 2
+
+
+async def test_a_token_without_exp_is_left_to_required_claims(
+    issuer: DevIssuer, make_sidecar: MakeSidecar, key_server: KeySetServer
+) -> None:
+    key = new_key("ES256", kid="k")
+    key_server.doc = {"keys": [key.public_jwk()]}
+    sc = await served(make_sidecar, issuer, key_server, required_claims=[])
+    assert await reason(sc, mint(key, sc.clock.now(), kid="k", exp=None)) is None
