@@ -30,6 +30,13 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class JwksAuth:
+    """Credentials for fetching a provider's JWKS/discovery (e.g. the Kubernetes API server's /openid/v1/jwks)."""
+
+    bearer_token_file: str  # re-read on every fetch; sent only over https to the key source's own origin
+
+
+@dataclass(frozen=True, slots=True)
 class Provider:
     name: str
     issuer: str
@@ -41,6 +48,8 @@ class Provider:
     required_claims: tuple[str, ...] = ("exp",)
     revoked_kids: frozenset[str] = frozenset()
     token_sources: tuple[str, ...] = ("header",)  # header | header:NAME | cookie:NAME | query:NAME
+    ca_file: str | None = None  # PEM bundle: the only trust for this provider's https endpoints
+    jwks_auth: JwksAuth | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +291,16 @@ def _provider(path: str, raw: Any, index: int) -> Provider:
     from sidecar.policy import parse_sources  # policy raises this module's ConfigError
 
     token_sources = parse_sources(f"{path}.token_sources", m.get("token_sources", ["header"]))
+    ca_file = _str(f"{path}.ca_file", m["ca_file"]) if m.get("ca_file") is not None else None
+    jwks_auth = _jwks_auth(f"{path}.jwks_auth", m.get("jwks_auth"))
+    https_source = (jwks_url or (issuer if discovery else "")).lower().startswith("https://")
+    for key, set_ in (("ca_file", ca_file), ("jwks_auth", jwks_auth)):
+        if set_ is not None and not https_source:
+            raise ConfigError(
+                f"{path}.{key}",
+                "needs an https key source (jwks_url, or discovery with an https issuer)"
+                + ("; a credential is never sent in clear text" if key == "jwks_auth" else ""),
+            )
     return Provider(
         name=name,
         issuer=issuer,
@@ -293,7 +312,18 @@ def _provider(path: str, raw: Any, index: int) -> Provider:
         required_claims=required,
         revoked_kids=revoked,
         token_sources=token_sources,
+        ca_file=ca_file,
+        jwks_auth=jwks_auth,
     )
+
+
+def _jwks_auth(path: str, raw: Any) -> JwksAuth | None:
+    if raw is None:
+        return None
+    m = _mapping(path, raw, set(JwksAuth.__dataclass_fields__))
+    if "bearer_token_file" not in m:
+        raise ConfigError(f"{path}.bearer_token_file", "required (a file holding the bearer token, re-read on change)")
+    return JwksAuth(bearer_token_file=_str(f"{path}.bearer_token_file", m["bearer_token_file"]))
 
 
 def _cors(raw: Any) -> Cors:
