@@ -203,3 +203,15 @@ def test_embedded_mode_carries_the_volume_and_mount_into_the_parent_chart(tmp_pa
     assert any(m["mountPath"] == DIR for m in side["volumeMounts"])
     _, cfg = config_of(docs)
     assert cfg["providers"][-1]["name"] == "kubernetes"
+
+
+def test_the_worked_example_in_docs_renders_and_passes_check_config(tmp_path: Path) -> None:
+    doc = (CHART.parent / "docs" / "interop.md").read_text()
+    block = doc.split("# values-orders.yaml\n", 1)[1].split("```", 1)[0]
+    docs = render(yaml.safe_load(block))
+    for d in docs:
+        validate_manifest(d)
+    text, cfg = config_of(docs)
+    assert [p["name"] for p in cfg["providers"]] == ["kubernetes"]
+    proc = _check_config(text, tmp_path)
+    assert proc.returncode == 0, proc.stderr
