@@ -7,6 +7,7 @@ sidecar is the real app in-process with its refreshers running.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -156,6 +157,49 @@ async def test_a_body_longer_than_its_content_length_promised_is_not_read_past_t
         sc = await start_sidecar(aiohttp_client, upstream.url, [provider], jwks={"max_bytes": 65536})
         assert await wait_fetches(sc, "invalid") >= 1
         assert not sc.state.ready()
+
+
+async def test_a_content_length_over_the_limit_is_refused_before_the_body_arrives(
+    aiohttp_client: Any, upstream: Upstream
+) -> None:
+    """The server announces 50 MB and then stalls: the refusal comes from the header, not from a timeout."""
+    dev = DevIssuer(audience=AUDIENCE)
+
+    async def announce(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.content_length = 50 << 20
+        await resp.prepare(request)
+        await resp.write(b'{"keys": []' + b" " * 1024)
+        await asyncio.sleep(3)  # far longer than the test waits; bounded so the server stops by itself
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/jwks.json", announce)
+    async with serve(app) as url:
+        dev.issuer = url
+        provider = {"issuer": url, "audiences": [AUDIENCE], "jwks_url": f"{url}/jwks.json"}
+        sc = await start_sidecar(aiohttp_client, upstream.url, [provider], jwks={"fetch_timeout": "30s"})
+        assert await wait_fetches(sc, "invalid", seconds=1.5) >= 1
+        assert "Content-Length 52428800 is over 1048576 bytes" in (sc.state.keys[0].last_error or "")
+
+
+async def test_a_compressed_body_is_counted_as_it_decodes(aiohttp_client: Any, upstream: Upstream) -> None:
+    """A 64 KiB gzip body that inflates to 8 MiB: the limit applies to what it becomes."""
+    dev = DevIssuer(audience=AUDIENCE)
+    bomb = gzip.compress(b'{"keys": [' + b" " * (8 << 20) + b"]}")
+    assert len(bomb) < 65536
+
+    async def inflate(request: web.Request) -> web.Response:
+        return web.Response(body=bomb, headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+
+    app = web.Application()
+    app.router.add_get("/jwks.json", inflate)
+    async with serve(app) as url:
+        dev.issuer = url
+        provider = {"issuer": url, "audiences": [AUDIENCE], "jwks_url": f"{url}/jwks.json"}
+        sc = await start_sidecar(aiohttp_client, upstream.url, [provider])
+        assert await wait_fetches(sc, "invalid") >= 1
+        assert "body larger than 1048576 bytes" in (sc.state.keys[0].last_error or "")
 
 
 # --- a private CA -------------------------------------------------------------------------------------
