@@ -133,3 +133,40 @@ async def wait_fetches(sc: InProc, result: str, provider: str = "default", secon
             return n
         await asyncio.sleep(0.02)
     return sc.metric("sidecar_jwks_fetches_total", provider=provider, result=result)
+
+
+class ThreadedTLSServer:
+    """An aiohttp app served over https from its own thread and loop (for tests that start real processes)."""
+
+    def __init__(self, app: web.Application, tls: ssl.SSLContext) -> None:
+        import threading
+
+        self.loop = asyncio.new_event_loop()
+        self.port = 0
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+
+            async def start() -> None:
+                await self._runner.setup()
+                await web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=tls).start()
+                self.port = self._runner.addresses[0][1]
+
+            self.loop.run_until_complete(start())
+            ready.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        ready.wait(10)
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
