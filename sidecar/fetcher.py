@@ -23,7 +23,6 @@ from sidecar.jwks import InvalidJwks, Key, KeySet, parse_jwks
 from sidecar.keysource import FetchError, KeySource
 from sidecar.metrics import Metrics
 
-__all__ = ["FetchError", "ProviderKeys"]
 log = logging.getLogger("sidecar.jwks")
 
 
