@@ -33,6 +33,13 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class JwksAuth:
+    """Credentials for fetching a provider's JWKS/discovery (e.g. the Kubernetes API server's /openid/v1/jwks)."""
+
+    bearer_token_file: str  # re-read on every fetch; sent only over https to the key source's own origin
+
+
+@dataclass(frozen=True, slots=True)
 class Provider:
     name: str
     issuer: str
@@ -46,6 +53,8 @@ class Provider:
     token_sources: tuple[str, ...] = ("header",)  # header | header:NAME | cookie:NAME | query:NAME
     max_token_lifetime: float = MAX_TOKEN_LIFETIME  # exp - iat (exp - now without iat) at most this; 0: no bound
     max_kidless_candidates: int = MAX_KIDLESS_CANDIDATES  # 0: tokens without kid are refused
+    ca_file: str | None = None  # PEM bundle: the only trust for this provider's https endpoints
+    jwks_auth: JwksAuth | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +302,16 @@ def _provider(path: str, raw: Any, index: int) -> Provider:
             f"{path}.max_kidless_candidates",
             f"at most {MAX_KIDLESS_CANDIDATES_LIMIT}: each candidate costs a signature check per token without kid",
         )
+    ca_file = _str(f"{path}.ca_file", m["ca_file"]) if m.get("ca_file") is not None else None
+    jwks_auth = _jwks_auth(f"{path}.jwks_auth", m.get("jwks_auth"))
+    https_source = (jwks_url or (issuer if discovery else "")).lower().startswith("https://")
+    for key, set_ in (("ca_file", ca_file), ("jwks_auth", jwks_auth)):
+        if set_ is not None and not https_source:
+            raise ConfigError(
+                f"{path}.{key}",
+                "needs an https key source (jwks_url, or discovery with an https issuer)"
+                + ("; a credential is never sent in clear text" if key == "jwks_auth" else ""),
+            )
     return Provider(
         name=name,
         issuer=issuer,
@@ -306,7 +325,18 @@ def _provider(path: str, raw: Any, index: int) -> Provider:
         token_sources=token_sources,
         max_token_lifetime=_duration(f"{path}.max_token_lifetime", m.get("max_token_lifetime", MAX_TOKEN_LIFETIME)),
         max_kidless_candidates=kidless,
+        ca_file=ca_file,
+        jwks_auth=jwks_auth,
     )
+
+
+def _jwks_auth(path: str, raw: Any) -> JwksAuth | None:
+    if raw is None:
+        return None
+    m = _mapping(path, raw, set(JwksAuth.__dataclass_fields__))
+    if "bearer_token_file" not in m:
+        raise ConfigError(f"{path}.bearer_token_file", "required (a file holding the bearer token, re-read on change)")
+    return JwksAuth(bearer_token_file=_str(f"{path}.bearer_token_file", m["bearer_token_file"]))
 
 
 def _cors(raw: Any) -> Cors:

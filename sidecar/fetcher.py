@@ -12,7 +12,6 @@ import contextlib
 import json
 import logging
 import random
-import re
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -21,16 +20,10 @@ import aiohttp
 from sidecar.clock import Clock
 from sidecar.config import Jwks, Provider
 from sidecar.jwks import InvalidJwks, Key, KeySet, parse_jwks
+from sidecar.keysource import FetchError, KeySource
 from sidecar.metrics import Metrics
 
 log = logging.getLogger("sidecar.jwks")
-_MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*(\d+)", re.I)
-
-
-class FetchError(Exception):
-    def __init__(self, result: str, detail: str) -> None:
-        super().__init__(f"{result}: {detail}")
-        self.result = result  # a sidecar_jwks_fetches_total result label
 
 
 class ProviderKeys:
@@ -47,6 +40,7 @@ class ProviderKeys:
         self.clock = clock
         self.metrics = metrics
         self.session = session
+        self.source = KeySource(provider, cfg.max_bytes, cfg.fetch_timeout)
         self.keys = KeySet(cfg.key_retention, provider.revoked_kids)
         self.jwks_url = provider.jwks_url
         self.fetched_at: float | None = None  # monotonic time of the last successful fetch
@@ -201,23 +195,8 @@ class ProviderKeys:
 
     async def _get(self, url: str) -> tuple[Any, int | None]:
         assert self.session is not None
-        timeout = aiohttp.ClientTimeout(total=self.cfg.fetch_timeout)
-        try:
-            async with self.session.get(url, timeout=timeout, allow_redirects=False) as resp:
-                self._observe_date(resp.headers.get("Date"))
-                if resp.status != 200:
-                    raise FetchError("http_error", f"GET {url} answered {resp.status}")
-                body = await resp.content.read(self.cfg.max_bytes + 1)
-                if len(body) > self.cfg.max_bytes:
-                    raise FetchError("invalid", f"GET {url}: body larger than {self.cfg.max_bytes} bytes")
-                max_age = _MAX_AGE.search(resp.headers.get("Cache-Control", ""))
-                return _json(body), int(max_age.group(1)) if max_age else None
-        except TimeoutError:
-            raise FetchError("timeout", f"GET {url} took longer than {self.cfg.fetch_timeout:g}s") from None
-        except aiohttp.ClientConnectionError as e:
-            raise FetchError("refused", f"GET {url}: {e.__class__.__name__}") from None
-        except aiohttp.ClientError as e:
-            raise FetchError("http_error", f"GET {url}: {e.__class__.__name__}") from None
+        body, max_age = await self.source.get(self.session, url, self._observe_date)
+        return _json(body), max_age
 
     def _observe_date(self, date: str | None) -> None:
         """This host's clock minus the IdP's, from the response `Date` (1 s resolution)."""

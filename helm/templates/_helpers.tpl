@@ -113,7 +113,33 @@ with the container port the probes and Service use.
 {{- if not (hasKey $cfg "upstream") -}}
 {{- $_ := set $cfg "upstream" (printf "http://127.0.0.1:%d" (int .Values.app.port)) -}}
 {{- end -}}
+{{- with include "jwt-sidecar.kubernetesProvider" . -}}
+{{- $_ := set $cfg "providers" (append ($cfg.providers | default list) (fromYaml .)) -}}
+{{- end -}}
 {{- toYaml $cfg -}}
+{{- end }}
+
+{{/*
+The provider kubernetesIssuer adds (a YAML mapping), or nothing when it is off. Its keys are fetched from
+the API server with the pod's own projected token and the cluster CA, both mounted only into the sidecar.
+*/}}
+{{- define "jwt-sidecar.kubernetesIssuerDir" -}}/var/run/secrets/jwt-sidecar/kubernetes{{- end }}
+{{- define "jwt-sidecar.kubernetesProvider" -}}
+{{- $k := .Values.kubernetesIssuer | default dict -}}
+{{- if $k.enabled -}}
+{{- if not $k.audiences -}}
+{{- fail "jwt-sidecar: kubernetesIssuer.audiences is required: the audience client pods request in their projected tokens" -}}
+{{- end -}}
+{{- $dir := include "jwt-sidecar.kubernetesIssuerDir" . -}}
+name: {{ $k.name | quote }}
+issuer: {{ $k.issuer | quote }}
+audiences:
+  {{- toYaml $k.audiences | nindent 2 }}
+jwks_url: {{ $k.jwksUrl | quote }}
+ca_file: {{ printf "%s/ca.crt" $dir | quote }}
+jwks_auth:
+  bearer_token_file: {{ printf "%s/token" $dir | quote }}
+{{- end -}}
 {{- end }}
 
 {{/* The decision listener's port when sidecar.config.decision.listen is set, else nothing. */}}
@@ -214,6 +240,11 @@ The sidecar container (one list item). Input: a context whose .Values are this c
       readOnly: true
     - name: jwt-sidecar-tmp
       mountPath: /tmp
+    {{- if (.Values.kubernetesIssuer | default dict).enabled }}
+    - name: jwt-sidecar-kubernetes-issuer
+      mountPath: {{ include "jwt-sidecar.kubernetesIssuerDir" . }}
+      readOnly: true
+    {{- end }}
     {{- with $s.extraVolumeMounts }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -226,6 +257,26 @@ The sidecar container (one list item). Input: a context whose .Values are this c
 - name: jwt-sidecar-tmp
   emptyDir:
     sizeLimit: {{ .Values.sidecar.tmpSizeLimit }}
+{{- with .Values.kubernetesIssuer }}
+{{- if .enabled }}
+{{- /* The sidecar's own credential for reading the API server's key set: a short-lived projected token
+(not the automounted one, which the app container would see too) and the cluster CA. */}}
+- name: jwt-sidecar-kubernetes-issuer
+  projected:
+    sources:
+      - serviceAccountToken:
+          path: token
+          expirationSeconds: {{ .fetchToken.expirationSeconds | int }}
+          {{- with .fetchToken.audience }}
+          audience: {{ . | quote }}
+          {{- end }}
+      - configMap:
+          name: kube-root-ca.crt
+          items:
+            - key: ca.crt
+              path: ca.crt
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/*
