@@ -39,12 +39,19 @@ class Readings:
         """(decoded path, raw query) when every reading agrees; else raises `AmbiguousTarget` saying why."""
         path, query = _checked(target)
         decoded = _decoded(path)
-        names = {self.rules.route(method, decoded).name, self.folded.route(method, decoded.lower()).name}
-        if decoded != path:  # a router that matches the encoded form (Express) reads the raw path
-            names.add(self.rules.route(method, path).name)
-            names.add(self.folded.route(method, path.lower()).name)
+        # Express, Go's mux and Starlette run a GET handler for HEAD
+        methods = (method, "GET") if method == "HEAD" else (method,)
+        names = set()
+        for m in methods:
+            names.add(self.rules.route(m, decoded).name)
+            names.add(self.folded.route(m, decoded.lower()).name)
+            if decoded != path:  # a router that matches the encoded form (Express) reads the raw path
+                names.add(self.rules.route(m, path).name)
+                names.add(self.folded.route(m, path.lower()).name)
         if len(names) > 1:
-            raise AmbiguousTarget(f"routers that decode, keep escapes or ignore case would pick {sorted(names)}")
+            raise AmbiguousTarget(
+                f"routers that decode, keep escapes, ignore case or serve HEAD as GET would pick {sorted(names)}"
+            )
         return decoded, query
 
 

@@ -112,6 +112,7 @@ def sidecar_config(path: Path, issuer: DevIssuer, upstream: Upstream, jwks_url: 
                     {"name": "no-delete", "prefix": "/orders", "methods": ["DELETE"], "deny": True},
                     {"name": "admin", "prefix": "/admin", "scopes": ["admin"]},
                     {"name": "reports", "prefix": "/Reports", "scopes": ["reports"]},
+                    {"name": "export", "prefix": "/export", "methods": ["GET"], "scopes": ["export"]},
                 ],
                 "decision": {"listen": f"127.0.0.1:{port}", "trusted_sources": [f"{TRUSTED}/32"]},
                 "workers": 1,
@@ -358,6 +359,25 @@ class TestTargetsWithOneReadingAreJudged:
     ) -> None:
         assert send(gateway["strict"], target.encode(), [bearer(issuer.mint())]).status == 403
         assert send(gateway["strict"], target.encode(), [bearer(issuer.mint(scope="reports"))]).status == 200
+
+
+class TestHeadIsReadAsTheGetItRuns:
+    @pytest.mark.parametrize("target", [b"/export", b"/export/q1.csv", b"/export/a%20b"])
+    def test_head_on_a_get_only_rule_is_refused_not_judged_by_the_weaker_rule(
+        self, gateway: dict[str, int], issuer: DevIssuer, upstream: Upstream, target: bytes
+    ) -> None:
+        upstream.clear()
+        r = send(gateway["strict"], target, [bearer(issuer.mint())], method=b"HEAD")
+        assert r.status == 403 and r.header("X-Auth-Reason") == "ambiguous_target"
+        assert reached(upstream) == []
+        assert send(gateway["strict"], target, [bearer(issuer.mint())]).status == 403  # GET needs the scope
+        assert send(gateway["strict"], target, [bearer(issuer.mint(scope="export"))]).status == 200
+
+    @pytest.mark.parametrize("target", [b"/orders", b"/admin/x", b"/public/x"])
+    def test_head_where_get_and_head_share_a_rule_is_judged(
+        self, gateway: dict[str, int], issuer: DevIssuer, target: bytes
+    ) -> None:
+        assert send(gateway["strict"], target, [bearer(issuer.mint(scope="admin"))], method=b"HEAD").status == 200
 
 
 # --- 2. forwarded method/URI headers that repeat or disagree ----------------------------------------------
