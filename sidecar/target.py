@@ -26,6 +26,7 @@ _UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
 _STRUCTURAL = frozenset("/\\%;?#")
 _ESCAPES = re.compile(r"%([0-9A-Fa-f]{2})")
 _WELL_FORMED = re.compile(r"(?:[^%]|%[0-9A-Fa-f]{2})*")
+_UNREADABLE = re.compile(r"[^\x21-\x7e]|[#\\]")
 
 
 class Readings:
@@ -59,13 +60,14 @@ def _checked(target: str) -> tuple[str, str]:
     if not target.startswith("/"):
         # absolute-form (`http://host/p`), authority-form, `*`: the gateway's own parser chose the path
         raise AmbiguousTarget("the original target is not an origin-form path")
-    for c in target:
+    bad = _UNREADABLE.search(target)
+    if bad is not None:
+        c = bad.group(0)
         if c == "#":
             raise AmbiguousTarget("a fragment: the client never sends one, and routers cut it or keep it")
         if c == "\\":
             raise AmbiguousTarget("a backslash: some routers and URL parsers read it as '/'")
-        if not 0x21 <= ord(c) <= 0x7E:
-            raise AmbiguousTarget("a control, space or non-ASCII character in the target")
+        raise AmbiguousTarget("a control, space or non-ASCII character in the target")
     path, _, query = target.partition("?")
     if path.startswith("//"):
         raise AmbiguousTarget("'//' at the start: URL parsers read what follows as a host")
