@@ -43,6 +43,8 @@ NGINX_URI = "X-Original-URI"
 REASON_HEADER = "X-Auth-Reason"
 NGINX_STATUSES = frozenset({401, 403, 503})  # 503 needs the error_page of docs/gateways.md to stay a 503
 _METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 §9.1: a method is a token
+# Symfony, Laravel and IIS URL Rewrite route by these instead of the target; CGI maps `_` to `-`.
+_REROUTING = frozenset({"x-original-url", "x-rewrite-url"})
 
 
 def _trust(cfg: Decision) -> Callable[[str | None], bool]:
@@ -99,6 +101,9 @@ def _envoy_target(raw: str, prefix: str) -> str | None:
 
 def original_request(request: web.Request, cfg: Decision, trusted: bool) -> Original:
     """The method and target the gateway is asking about."""
+    for name in request.headers:
+        if name.lower().replace("_", "-") in _REROUTING:
+            raise errors.ConflictingForwarded(f"{name[:40]}: some frameworks route by it instead of the target")
     envoy = _envoy_target(request.raw_path, cfg.envoy_prefix)
     if trusted:
         named = forwarded(request.headers)

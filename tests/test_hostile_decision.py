@@ -50,6 +50,7 @@ SERVER = """
       proxy_set_header X-Forwarded-Method "";
     }}
     location @auth_unavailable {{
+      if ($auth_status = 400) {{ return 400; }}
       add_header Retry-After 5 always;
       add_header X-Auth-Reason $auth_reason always;
       return 503;
@@ -61,6 +62,7 @@ SERVER = """
       auth_request_set $auth_subject $upstream_http_x_auth_subject;
       auth_request_set $auth_www $upstream_http_www_authenticate;
       auth_request_set $auth_reason $upstream_http_x_auth_reason;
+      auth_request_set $auth_status $upstream_status;
       auth_request_set $auth_acao $upstream_http_access_control_allow_origin;
       auth_request_set $auth_acac $upstream_http_access_control_allow_credentials;
       auth_request_set $auth_vary $upstream_http_vary;
@@ -441,6 +443,23 @@ class TestConflictingForwardedHeadersAreRefused:
         assert reached(upstream) == []
 
     @pytest.mark.parametrize(
+        "name",
+        ["X-Original-URL", "x-original-url", "X-Rewrite-URL", "X_Original_URL", "X_REWRITE_URL", "x-original_url"],
+    )
+    def test_headers_some_frameworks_route_by_instead_of_the_target_are_refused(
+        self, decider: SidecarProcess, gateway: dict[str, int], upstream: Upstream, name: str
+    ) -> None:
+        upstream.clear()
+        for source in (TRUSTED, "127.0.0.1"):
+            headers = [(FM, "GET"), (FU, "/public/x"), (name, "/admin/x")]
+            r = decide(decider.decision_port, "/auth", headers, source=source)  # type: ignore[attr-defined]
+            assert r.status == 400 and r.header("X-Auth-Reason") == "conflicting_forwarded"
+        if "_" not in name:  # nginx drops names with '_' itself (underscores_in_headers off)
+            r = send(gateway["strict"], b"/public/x", [(name, "/admin/x")])
+            assert r.status == 403 and r.header("X-Auth-Reason") == "conflicting_forwarded"
+        assert reached(upstream) == []
+
+    @pytest.mark.parametrize(
         ("path", "headers"),
         [
             ("/ext_authz/orders/1", [(FM, "GET"), (FU, "/public/x")]),
@@ -514,6 +533,29 @@ class TestEveryDecisionRefusalIsAStatusTheGatewayHandles:
         assert r.header("X-Auth-Reason") == "keys_unavailable"
         assert send(gateway["keyless"], b"/public/x").status == 200  # public paths need no keys
         assert reached(upstream) == ["/public/x"]
+
+
+class TestHeadersTheDecisionParserRefusesAreA400BehindNginx:
+    @pytest.mark.parametrize("name", ["X-Foo", "Authorization", "Cookie", "Origin", "User-Agent"])
+    @pytest.mark.parametrize("byte", [b"\x01", b"\x08", b"\x1b", b"\x7f"])
+    def test_a_control_byte_nginx_lets_through_is_never_a_500_and_never_reaches_the_app(
+        self, gateway: dict[str, int], upstream: Upstream, name: str, byte: bytes
+    ) -> None:
+        upstream.clear()
+        value = (b"Bearer a" if name == "Authorization" else b"a") + byte + b"b"
+        with socket.create_connection(("127.0.0.1", gateway["strict"]), timeout=10) as s:
+            s.sendall(
+                b"GET /public/x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n"
+                + name.encode()
+                + b": "
+                + value
+                + b"\r\n\r\n"
+            )
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        assert data.split(b" ", 2)[1] == b"400", data[:200]
+        assert reached(upstream) == []
 
 
 # --- 13. CORS preflights --------------------------------------------------------------------------------
