@@ -193,7 +193,7 @@ class AmbiguousTarget(RequestRejected):
 class ConflictingForwarded(RequestRejected):
     status = 400
     reason = "conflicting_forwarded"
-    summary = "decision mode: the original method/URI headers repeat, disagree, lack their pair, or X-Original-URL is sent"
+    summary = "decision mode: forwarded method/URI headers repeat, disagree, lack their pair, or X-Original-URL is sent"
 
 
 # --- the upstream app ---------------------------------------------------------------------------------
