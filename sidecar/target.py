@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import string
+import unicodedata
 from urllib.parse import unquote_to_bytes
 
 from sidecar.errors import AmbiguousTarget
@@ -91,6 +92,9 @@ def _decoded(path: str) -> str:
         decoded = unquote_to_bytes(path).decode("utf-8")  # strict: overlong forms and bad bytes fail here
     except UnicodeDecodeError:
         raise AmbiguousTarget("escapes that are not UTF-8 (or an overlong form)") from None
+    if not decoded.isascii() and unicodedata.normalize("NFKC", decoded) != decoded:
+        # fullwidth dots and slashes (U+FF0E, U+FF0F), ligatures: a normalising router reads other characters
+        raise AmbiguousTarget("characters that Unicode compatibility normalisation (NFKC) changes")
     segments = decoded.split("/")[1:]
     for i, seg in enumerate(segments):
         if seg in (".", ".."):
