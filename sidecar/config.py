@@ -113,6 +113,7 @@ class Config:
     upstream: str = "http://127.0.0.1:8080"
     admin_listen: str = "0.0.0.0:9901"
     admin_actions: str = "loopback"  # off | loopback | on
+    admin_hosts: tuple[str, ...] = ()  # more Host names /admin/* answers to, beside loopback and the listener's
     leeway: float = 60.0
     expired_grace: float = 0.0
     public_paths: tuple[str, ...] = ()
@@ -530,6 +531,10 @@ def load(raw: Mapping[str, Any] | None) -> Config:
     admin_actions = _str("admin_actions", m.get("admin_actions", d.admin_actions))
     if admin_actions not in ("off", "loopback", "on"):
         raise ConfigError("admin_actions", f"expected off, loopback or on, got {admin_actions!r}")
+    admin_hosts = tuple(h.lower().strip("[]") for h in strings("admin_hosts", m.get("admin_hosts", [])))
+    for i, host in enumerate(admin_hosts):
+        if not re.fullmatch(r"[a-z0-9.:-]+", host) or host.count(":") == 1:
+            raise ConfigError(f"admin_hosts[{i}]", f"{host!r} must be a host name or IP address, without port")
     log_level = _str("log_level", m.get("log_level", d.log_level)).lower()
     if log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError("log_level", f"expected debug, info, warning or error, got {log_level!r}")
@@ -548,6 +553,7 @@ def load(raw: Mapping[str, Any] | None) -> Config:
         upstream=upstream.rstrip("/"),
         admin_listen=_hostport("admin_listen", m.get("admin_listen", d.admin_listen)),
         admin_actions=admin_actions,
+        admin_hosts=admin_hosts,
         leeway=_duration("leeway", m.get("leeway", d.leeway)),
         expired_grace=_duration("expired_grace", m.get("expired_grace", d.expired_grace)),
         public_paths=public,

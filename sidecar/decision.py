@@ -3,31 +3,48 @@
 nginx `auth_request` sends the original method and URI as `X-Original-Method` / `X-Original-URI`; Traefik
 `forwardAuth` as `X-Forwarded-Method` / `X-Forwarded-Uri`; Envoy's HTTP `ext_authz` keeps the method and
 puts the original path after its `path_prefix`. Those headers are believed only from
-`decision.trusted_sources`: from anyone else the subrequest is judged as what it literally is, so a
-client cannot claim to be a preflight or a public path. 200 carries the identity headers for the gateway
-to copy; 401/403/503 carry the reason, as the proxy would.
+`decision.trusted_sources`, and only when they tell one story: a copy repeated, two names that disagree, or
+a URI without its method is `ConflictingForwarded`, since a gateway that passes client headers on
+(Traefik does by default) would otherwise let the client pick what is judged. From anyone else the request
+is judged as what it literally is.
+
+The target is judged only when app routers read it one way (`target.py`). 200 carries the identity headers
+for the gateway to copy. Every refusal carries its reason in `X-Auth-Reason`; nginx turns any status but
+2xx/401/403 into a 500, so a request in nginx's form (`X-Original-URI`) gets 403 where the proxy would say
+400. An auth subrequest about a CORS preflight is judged like any OPTIONS request: a 2xx would send an
+unauthenticated OPTIONS on to the app. Gateways route real preflights to this listener directly instead,
+and get the sidecar's CORS answer (docs/gateways.md).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
 from aiohttp import web
-from multidict import CIMultiDict, MultiDict
+from multidict import CIMultiDict, CIMultiDictProxy, MultiDict
 
 from sidecar import errors
 from sidecar.authorize import authorize, preflight
 from sidecar.config import Decision
 from sidecar.responses import reject
-from sidecar.rules import normalise
+from sidecar.rules import RuleSet
+from sidecar.target import Readings
 
 if TYPE_CHECKING:
     from sidecar.app import Sidecar
 
 _ORIGINAL = (("X-Original-Method", "X-Original-URI"), ("X-Forwarded-Method", "X-Forwarded-Uri"))
+NGINX_URI = "X-Original-URI"
+REASON_HEADER = "X-Auth-Reason"
+NGINX_STATUSES = frozenset({401, 403, 503})  # 503 needs the error_page of docs/gateways.md to stay a 503
+_METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 §9.1: a method is a token
+# Symfony, Laravel and IIS URL Rewrite route by these instead of the target; CGI maps `_` to `-`.
+_REROUTING = frozenset({"x-original-url", "x-rewrite-url"})
 
 
 def _trust(cfg: Decision) -> Callable[[str | None], bool]:
@@ -43,43 +60,90 @@ def _trust(cfg: Decision) -> Callable[[str | None], bool]:
     return trusted
 
 
-def original_request(request: web.Request, cfg: Decision, trusted: bool) -> tuple[str, str]:
-    """The method and URI the gateway is asking about."""
+@dataclass(frozen=True, slots=True)
+class Original:
+    method: str
+    target: str
+    subrequest: bool  # a gateway's auth subrequest (forwarded headers, Envoy prefix), not a request sent here
+
+
+def forwarded(headers: CIMultiDictProxy[str]) -> tuple[str, str] | None:
+    """The method and URI named in forwarded headers, None when there are none; `ConflictingForwarded`
+    when they repeat, disagree, or a URI comes without its method (guessing GET would skip method rules)."""
+    methods: list[str] = []
+    uris: list[str] = []
+    for method_header, uri_header in _ORIGINAL:
+        m, u = headers.getall(method_header, []), headers.getall(uri_header, [])
+        for name, values in ((method_header, m), (uri_header, u)):
+            if len(values) > 1:
+                raise errors.ConflictingForwarded(f"{name} appears {len(values)} times")
+        if bool(m) != bool(u):
+            present, absent = (method_header, uri_header) if m else (uri_header, method_header)
+            raise errors.ConflictingForwarded(f"{present} without {absent}")
+        methods += m
+        uris += u
+    if not uris:
+        return None
+    if len(set(uris)) > 1:
+        raise errors.ConflictingForwarded("X-Original-URI and X-Forwarded-Uri name different targets")
+    if len(set(methods)) > 1:
+        raise errors.ConflictingForwarded("X-Original-Method and X-Forwarded-Method name different methods")
+    if not _METHOD.fullmatch(methods[0]):
+        raise errors.ConflictingForwarded("the forwarded method is not an HTTP method token")
+    return methods[0].upper(), uris[0]
+
+
+def _envoy_target(raw: str, prefix: str) -> str | None:
+    if raw == prefix or raw.startswith(prefix + "/") or raw.startswith(prefix + "?"):
+        return raw[len(prefix) :] or "/"
+    return None
+
+
+def original_request(request: web.Request, cfg: Decision, trusted: bool) -> Original:
+    """The method and target the gateway is asking about."""
+    for name in request.headers:
+        if name.lower().replace("_", "-") in _REROUTING:
+            raise errors.ConflictingForwarded(f"{name[:40]}: some frameworks route by it instead of the target")
+    envoy = _envoy_target(request.raw_path, cfg.envoy_prefix)
     if trusted:
-        for method_header, uri_header in _ORIGINAL:
-            uri = request.headers.get(uri_header)
-            if uri is not None:
-                return request.headers.get(method_header, "GET").upper(), uri
-    raw = request.raw_path
-    if raw == cfg.envoy_prefix or raw.startswith(cfg.envoy_prefix + "/") or raw.startswith(cfg.envoy_prefix + "?"):
-        return request.method, raw[len(cfg.envoy_prefix) :] or "/"
-    return request.method, raw
+        named = forwarded(request.headers)
+        if named is not None:
+            if envoy is not None and named != (request.method.upper(), envoy):
+                raise errors.ConflictingForwarded("the forwarded headers and the Envoy path disagree")
+            return Original(*named, subrequest=True)
+    if envoy is not None:
+        return Original(request.method, envoy, subrequest=True)
+    return Original(request.method, request.raw_path, subrequest=False)
 
 
 def decision_app(state: Sidecar, key: web.AppKey[Sidecar]) -> web.Application:
     assert state.cfg.decision is not None
     cfg = state.cfg.decision
     trusted = _trust(cfg)
+    readings = Readings(state.rules, RuleSet(state.cfg, fold_case=True))
 
     async def decide(request: web.Request) -> web.StreamResponse:
         s = request.app[key]
-        method, uri = original_request(request, cfg, trusted(request.remote))
         origin = request.headers.get("Origin")
         cors_extra = s.cors.actual(origin) if s.cors.enabled else ()
         s.metrics.in_flight.inc()
         try:
-            if s.cors.enabled and s.cors.is_preflight(method, request.headers):
-                return web.Response(status=200, headers=CIMultiDict(preflight(s, request.headers)))
-            path, _, query = uri.partition("?")
-            if not path.startswith("/"):
-                raise errors.BadRequest("the original URI must be an absolute path")
-            allowed = await authorize(s, method, normalise(path), request.headers, MultiDict(parse_qsl(query)))
+            original = original_request(request, cfg, trusted(request.remote))
+            if not original.subrequest and s.cors.enabled and s.cors.is_preflight(original.method, request.headers):
+                return web.Response(status=204, headers=CIMultiDict(preflight(s, request.headers)))
+            path, query = readings.single(original.method, original.target)
+            allowed = await authorize(s, original.method, path, request.headers, MultiDict(parse_qsl(query)))
             out = CIMultiDict(allowed.identity)
             for name, value in cors_extra:
                 out.add(name, value)
             return web.Response(status=200, headers=out)
         except errors.Rejection as r:
-            return reject(s, request, r, cors_extra)
+            # nginx's auth_request passes 401/403 on and turns anything else into a 500
+            nginx = NGINX_URI in request.headers
+            status = 403 if nginx and r.status not in NGINX_STATUSES else r.status
+            resp = reject(s, request, r, cors_extra, status)
+            resp.headers[REASON_HEADER] = r.reason
+            return resp
         finally:
             s.metrics.in_flight.dec()
 

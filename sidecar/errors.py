@@ -184,6 +184,18 @@ class CorsRejected(RequestRejected):
     summary = "a CORS preflight from an origin, method or header the policy does not allow"
 
 
+class AmbiguousTarget(RequestRejected):
+    status = 400
+    reason = "ambiguous_target"
+    summary = "decision mode: app routers could read the original target more than one way"
+
+
+class ConflictingForwarded(RequestRejected):
+    status = 400
+    reason = "conflicting_forwarded"
+    summary = "decision mode: forwarded method/URI headers repeat, disagree, lack their pair, or X-Original-URL is sent"
+
+
 # --- the upstream app ---------------------------------------------------------------------------------
 
 

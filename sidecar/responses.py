@@ -38,9 +38,13 @@ def www_authenticate(realm: str, r: Rejection) -> str:
     return value
 
 
-def rejection(r: Rejection, realm: str, extra: Iterable[tuple[str, str]] = ()) -> web.Response:
-    body = json.dumps({"status": r.status, "reason": r.reason, "description": r.description})
-    resp = web.Response(status=r.status, text=body, content_type="application/json")
+def rejection(
+    r: Rejection, realm: str, extra: Iterable[tuple[str, str]] = (), status: int | None = None
+) -> web.Response:
+    """`status` overrides the reason's own where the caller must speak a gateway's narrower language."""
+    status = status or r.status
+    body = json.dumps({"status": status, "reason": r.reason, "description": r.description})
+    resp = web.Response(status=status, text=body, content_type="application/json")
     if r.family == "auth" and (r.status in (400, 401) or r.error is not None):
         resp.headers["WWW-Authenticate"] = www_authenticate(realm, r)
     if r.status == 503:
@@ -71,7 +75,13 @@ def token_context(token: str | None, known: dict[str, object] | None = None) -> 
     return ctx
 
 
-def reject(s: Sidecar, request: web.Request, r: Rejection, cors_extra: tuple[tuple[str, str], ...]) -> web.Response:
+def reject(
+    s: Sidecar,
+    request: web.Request,
+    r: Rejection,
+    cors_extra: tuple[tuple[str, str], ...],
+    status: int | None = None,
+) -> web.Response:
     """The sidecar's own answer to a rejected request: counted, logged (never the token), CORS-decorated."""
     m = s.metrics
     if r.family == "auth":
@@ -81,14 +91,14 @@ def reject(s: Sidecar, request: web.Request, r: Rejection, cors_extra: tuple[tup
     # CORS headers go on every answer to an allowed origin, except a rejected preflight (that is the point)
     extra = () if isinstance(r, CorsRejected) else cors_extra
     if not log.isEnabledFor(logging.INFO):
-        return rejection(r, s.cfg.realm, extra)
+        return rejection(r, s.cfg.realm, extra, status)
     log.info(
         "rejected",
         extra={
             "fields": {
                 "event": "rejected",
                 "reason": r.reason,
-                "status": r.status,
+                "status": status or r.status,
                 "description": r.description,
                 "method": request.method,
                 "path": request.path[:512],
@@ -97,7 +107,7 @@ def reject(s: Sidecar, request: web.Request, r: Rejection, cors_extra: tuple[tup
             }
         },
     )
-    return rejection(r, s.cfg.realm, extra)
+    return rejection(r, s.cfg.realm, extra, status)
 
 
 class JsonFormatter(logging.Formatter):

@@ -124,12 +124,14 @@ def claim_value(claims: Mapping[str, Any], path: str) -> Any:
 class RuleSet:
     """The configured rules, compiled once; `route()` is called on every request."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, fold_case: bool = False) -> None:
+        """`fold_case`: match rule paths case-insensitively (the caller lowercases the path it routes), as
+        a case-insensitive router (Express's default) would; decision mode compares both readings."""
         self.rules = cfg.rules
         self._checked = tuple(i for i, r in enumerate(cfg.rules) if r.needs_claims)
         pairs = cfg.all_claim_headers
         default_headers = tuple(pairs.index(p) for p in cfg.claim_headers)
-        self._matchers = [self._matcher(r) for r in cfg.rules]
+        self._matchers = [self._matcher(r, fold_case) for r in cfg.rules]
         self._routes = [
             Route(
                 name=r.name,
@@ -152,17 +154,18 @@ class RuleSet:
         )
 
     @staticmethod
-    def _matcher(rule: Rule) -> Callable[[str], bool]:
+    def _matcher(rule: Rule, fold_case: bool = False) -> Callable[[str], bool]:
+        path = rule.path.lower() if fold_case else rule.path
         if rule.kind == "exact":
-            exact = {rule.path, rule.path.rstrip("/") or "/", rule.path.rstrip("/") + "/"}
+            exact = {path, path.rstrip("/") or "/", path.rstrip("/") + "/"}
             return exact.__contains__
         if rule.kind == "prefix":
-            base = rule.path.rstrip("/")
+            base = path.rstrip("/")
             if not base:
                 return lambda _path: True
             below = base + "/"
             return lambda path: path == base or path.startswith(below)
-        regex = pattern_regex(rule.path)
+        regex = pattern_regex(path)
         return lambda path: regex.fullmatch(path) is not None
 
     def verdicts(self, claims: Mapping[str, Any], provider: str) -> bytes:

@@ -268,7 +268,7 @@ async def test_an_admin_can_revoke_a_key_at_once_even_for_cached_tokens(
     token = fresh_issuer.mint(key=old, now=sc.clock.now())
     assert await status_of(sc, token) == (200, None)
     kid = old.kid
-    r = await sc.admin.post(f"/admin/keys/default/{kid}/revoke")
+    r = await sc.admin.post(f"/admin/keys/default/{kid}/revoke", headers={"X-Sidecar-Admin": "1"})
     assert r.status == 200
     assert (await r.json())["cached_tokens_dropped"] == 1
     assert await status_of(sc, token) == (401, "unknown_kid")
@@ -302,7 +302,7 @@ async def test_admin_actions_answer_only_on_loopback_by_default(
     fresh_issuer: DevIssuer, make_sidecar: MakeSidecar
 ) -> None:
     sc = await make_sidecar(fresh_issuer)
-    assert (await sc.admin.post("/admin/keys/default/refresh")).status == 200
+    assert (await sc.admin.post("/admin/keys/default/refresh", json={})).status == 200
     off = await make_sidecar(fresh_issuer, admin_actions="off")
     r = await off.admin.get("/admin/keys")
     assert r.status == 403 and (await r.json())["reason"] == "admin_actions_disabled"

@@ -32,7 +32,9 @@ def test_two_workers_share_the_port_and_their_metrics_are_summed(fresh_issuer: D
             assert request(sc.url, path="/w", headers={"Authorization": f"Bearer {t}"}).status == 200
         assert sc.metric("sidecar_auth_success_total") == 30
 
-        r = request(sc.admin, method="POST", path=f"/admin/keys/default/{old.kid}/revoke")
+        r = request(
+            sc.admin, method="POST", path=f"/admin/keys/default/{old.kid}/revoke", headers={"X-Sidecar-Admin": "1"}
+        )
         assert r.status == 202
         time.sleep(1.0)  # every worker follows the shared action file every 0.25 s
         for t in tokens[:10]:  # cached in either worker before: refused by both now
