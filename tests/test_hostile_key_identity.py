@@ -62,7 +62,7 @@ def verdict(sc: SidecarProcess, token: str) -> tuple[int, str | None]:
 
 
 def admin(sc: SidecarProcess, path: str) -> Any:
-    reply = request(sc.admin, "POST", path, body=b"")
+    reply = request(sc.admin, "POST", path, headers={"X-Sidecar-Admin": "1"}, body=b"")
     assert reply.status == 200, reply.body
     return reply.json()
 
