@@ -76,7 +76,7 @@ def test_config_objects_are_frozen() -> None:
             "cannot be true",
         ),
         (with_(cors={"origins": ["localhost:3000"]}), "cors.origins[0]", "not an origin"),
-        (with_(admin_actions="sometimes"), "admin_actions", "off, loopback or on"),
+        (with_(admin_actions="sometimes"), "admin_actions", "one of off, loopback, on"),
         (
             with_(providers=[BASE["providers"][0], BASE["providers"][0]]),
             "providers[1].issuer",
