@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from sidecar.config import ASYMMETRIC_ALGS, Config, ConfigError, load
 
@@ -118,3 +120,41 @@ def yaml_file(path: Path) -> dict[str, Any]:
 @pytest.mark.parametrize("path", sorted((ROOT / "config").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_example_config_is_valid(path: Path) -> None:
     assert isinstance(load(yaml_file(path)), Config)
+
+
+def test_the_chart_schema_and_the_docs_key_table_are_the_models_own() -> None:
+    from sidecar.config import schema
+
+    chart = json.loads(schema.CHART_SCHEMA.read_text())
+    assert chart["properties"]["sidecar"]["properties"]["config"]["$ref"] == "#/definitions/Config"
+    for name, definition in schema.config_definitions().items():
+        assert chart["definitions"][name] == definition, f"{name}: run python -m sidecar.config.schema --write"
+    assert schema.config_table() in schema.CONFIG_DOC.read_text(), "run python -m sidecar.config.schema --write"
+
+
+def test_the_exported_schema_accepts_every_shipped_config_and_refuses_what_the_model_refuses() -> None:
+    import jsonschema
+
+    from sidecar.config import schema
+
+    validator = jsonschema.Draft7Validator({"definitions": schema.config_definitions(), "$ref": "#/definitions/Config"})
+    for path in sorted((ROOT / "config").glob("*.yaml")):
+        validator.validate(yaml.safe_load(path.read_text()))
+    for bad in (with_(lewaay=5), provider(algorithms=["HS256"]), with_(admin_actions="sometimes"), {}):
+        assert not validator.is_valid(bad), bad
+        with pytest.raises(ConfigError):
+            load(bad)
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as e:
+        load(with_(leeway="soon", lewaay=1, jwks={"refresh": 0}, limits={"max_token_bytes": 1}))
+    assert {p for p, _ in e.value.problems} == {"leeway", "lewaay", "jwks.refresh", "limits.max_token_bytes"}
+
+
+def test_a_key_source_file_must_hold_a_usable_key_set(tmp_path: Path) -> None:
+    f = tmp_path / "jwks.json"
+    f.write_text('{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}')
+    with pytest.raises(ConfigError) as e:
+        load(provider(jwks_url=None, jwks_file=str(f)))
+    assert e.value.path == "providers[0].jwks_file" and "no usable key" in e.value.problem

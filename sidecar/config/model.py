@@ -20,8 +20,17 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 from urllib.parse import urlsplit
 
-from pydantic import BeforeValidator, ConfigDict, TypeAdapter, ValidationError, WithJsonSchema, model_validator
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    model_validator,
+)
 from pydantic.dataclasses import dataclass
+from pydantic.fields import FieldInfo
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from sidecar.config.errors import ConfigError
@@ -184,7 +193,7 @@ else:
     Rules = Annotated[
         tuple[Any, ...],
         BeforeValidator(lambda v: fail("expected a list of rules") if not isinstance(v, list | tuple) else v),
-        WithJsonSchema({"type": "array", "items": {"$ref": "#/definitions/Rule"}}),
+        WithJsonSchema({"type": "array", "items": {"x-type": "Rule"}}),
     ]
 
 
@@ -196,7 +205,10 @@ def _lower(v: Any) -> Any:
 
 
 def _provider_schema(schema: dict[str, Any]) -> None:
-    schema["properties"]["audience"] = {"$ref": "#/definitions/StringList", "description": "Alias of audiences."}
+    schema["properties"]["audience"] = {
+        "x-type": "StringList",
+        "description": "alias of audiences",
+    }
     schema.pop("required", None)
     schema["required"] = ["issuer"]
 
@@ -228,7 +240,7 @@ class Provider:
         WithJsonSchema(
             {
                 "oneOf": [
-                    {"type": "array", "items": {"$ref": "#/definitions/Algorithm"}, "minItems": 1},
+                    {"type": "array", "items": {"x-type": "Algorithm"}, "minItems": 1},
                     {"type": "string"},
                 ]
             }
@@ -257,7 +269,7 @@ class Provider:
         return raw
 
     @model_validator(mode="after")
-    def _check(self) -> Provider:
+    def _check(self, info: ValidationInfo) -> Provider:
         sources = [
             s
             for s, on in (("jwks_url", self.jwks_url), ("jwks_file", self.jwks_file), ("discovery", self.discovery))
@@ -278,7 +290,12 @@ class Provider:
         if self.discovery and urlsplit(self.issuer).scheme not in ("http", "https"):
             raise_all("provider", [("issuer", f"discovery needs an http(s) issuer URL, got {self.issuer!r}")])
         if self.jwks_file:
-            raise_all("provider", [("jwks_file", p) for p in _jwks_file_problems(self.jwks_file, self.algorithms)])
+            problems = _jwks_file_problems(self.jwks_file, self.algorithms)
+            context = info.context if isinstance(info.context, dict) else {}
+            if problems and problems[0].startswith("cannot read") and "unread_files" in context:
+                context["unread_files"].append(f"{problems[0]} (run refuses to start without it)")
+                problems = []
+            raise_all("provider", [("jwks_file", p) for p in problems])
         return self
 
 
@@ -416,7 +433,7 @@ class Config:
         (), "headers the app receives from verified claims: Header-Name: claim (dots for nested claims)"
     )
     identity_header_prefix: Annotated[
-        HeaderName, WithJsonSchema({"allOf": [{"$ref": "#/definitions/HeaderName"}, {"minLength": 3}]})
+        HeaderName, WithJsonSchema({"allOf": [{"x-type": "HeaderName"}, {"minLength": 3}]})
     ] = key("X-Auth-", "the sidecar's header namespace; client-sent headers in it are always dropped", min_length=3)
     strip_authorization: Boolish = key(False, "true: the app never sees the token")
     realm: Text = key("sidecar", "the realm in WWW-Authenticate")
@@ -596,6 +613,12 @@ SECTIONS: dict[str, type[Any]] = {
 }
 
 
+def fields_of(cls: type[Any]) -> dict[str, FieldInfo]:
+    """The declared keys of a section class, in order, with their types, defaults and descriptions."""
+    found: dict[str, FieldInfo] = getattr(cls, "__pydantic_fields__", {})
+    return found
+
+
 def _path(loc: tuple[str | int, ...]) -> str:
     out = ""
     for part in loc:
@@ -613,7 +636,7 @@ def _field_hint(loc: tuple[str | int, ...]) -> Hint | None:
     cls = SECTIONS.get(names[0] if len(names) > 1 else "")
     if cls is None or not names:
         return None
-    info = cls.__pydantic_fields__.get(names[-1])
+    info = fields_of(cls).get(names[-1])
     if info is None:
         return None
     return next((m for m in info.metadata if isinstance(m, Hint)), None)
@@ -637,7 +660,7 @@ def problems_of(e: ValidationError) -> list[tuple[str, str]]:
             problem = hint.text if hint else "required"
         elif kind in ("unexpected_keyword_argument", "extra_forbidden"):
             cls = _section(loc[:-1])
-            allowed = sorted(cls.__pydantic_fields__) if cls else []
+            allowed = sorted(fields_of(cls)) if cls else []
             problem = "unknown key" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
         elif kind == "greater_than_equal":
             problem = f"must be at least {ctx['ge']:g}, got {value!r}"
@@ -658,14 +681,17 @@ def problems_of(e: ValidationError) -> list[tuple[str, str]]:
     return out
 
 
-def load(raw: Mapping[str, Any] | None) -> Config:
-    """Check a merged config mapping and freeze it. Raises ConfigError naming every problem with its key path."""
+def load(raw: Mapping[str, Any] | None, unread_files: list[str] | None = None) -> Config:
+    """Check a merged config mapping and freeze it. Raises ConfigError naming every problem with its key path.
+
+    A key file that cannot be read is a problem, unless `unread_files` is given: then it is noted there
+    (`check-config` on a machine that is not the pod) and only a file that exists but is not a JWKS fails."""
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
         raise ConfigError("(top level)", f"expected a mapping, got {type(raw).__name__}")
     try:
-        return _ADAPTER.validate_python(raw)
+        return _ADAPTER.validate_python(raw, context=None if unread_files is None else {"unread_files": unread_files})
     except ValidationError as e:
         found = problems_of(e)
         raise ConfigError(*found[0], more=found[1:]) from None

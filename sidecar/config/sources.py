@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from sidecar.config.errors import ConfigError
-from sidecar.config.model import Config, Provider
+from sidecar.config.model import Config, Provider, fields_of
 from sidecar.config.types import Cli
 
 KEY_SOURCES = ("jwks_url", "jwks_file", "discovery")
@@ -79,11 +79,11 @@ def _flags() -> tuple[Flag, ...]:
             )
         )
 
-    for fname, info in Provider.__pydantic_fields__.items():
+    for fname, info in fields_of(Provider).items():
         cli = _cli(info)
         if cli is not None and cli.name:
             add(("provider", fname), info, cli, cli.name)
-    for fname, info in Config.__pydantic_fields__.items():
+    for fname, info in fields_of(Config).items():
         cli = _cli(info)
         if cli is not None and cli.name is None:
             continue
@@ -91,7 +91,7 @@ def _flags() -> tuple[Flag, ...]:
         if section is None:
             add((fname,), info, cli, fname.replace("_", "-"))
             continue
-        for sub, sub_info in section.__pydantic_fields__.items():
+        for sub, sub_info in fields_of(section).items():
             sub_cli = _cli(sub_info)
             if sub_cli is not None and sub_cli.name is None:
                 continue

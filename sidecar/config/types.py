@@ -136,7 +136,8 @@ def _header_name(v: Any) -> str:
 
 
 def _ref(name: str) -> WithJsonSchema:
-    return WithJsonSchema({"$ref": f"#/definitions/{name}"})
+    # a placeholder: pydantic resolves every $ref among its own definitions; schema.py turns it into a $ref
+    return WithJsonSchema({"x-type": name})
 
 
 # --- the types -------------------------------------------------------------------------------------------
@@ -152,7 +153,7 @@ HeaderName = Annotated[str, BeforeValidator(_header_name), _ref("HeaderName")]
 HeaderList = Annotated[
     tuple[HeaderName, ...],
     BeforeValidator(_list),
-    WithJsonSchema({"oneOf": [{"type": "array", "items": {"$ref": "#/definitions/HeaderName"}}, {"type": "string"}]}),
+    WithJsonSchema({"oneOf": [{"type": "array", "items": {"x-type": "HeaderName"}}, {"type": "string"}]}),
 ]
 
 TYPE_SCHEMAS: dict[str, dict[str, Any]] = {
