@@ -156,9 +156,9 @@ def _type_word(info: Any) -> str:
     for m in metadata:
         schema = getattr(m, "json_schema", None)
         if isinstance(schema, dict):
-            name = schema.get("x-type") or schema.get("items", {}).get("x-type")
+            name = str(schema.get("x-type") or schema.get("items", {}).get("x-type") or "")
             if name:
-                return _TYPE_WORDS.get(name, name) if name != "Rule" else "list of rules"
+                return _TYPE_WORDS.get(name, name)
     ann = info.annotation
     args = [a for a in typing.get_args(ann) if a is not type(None)]
     if _is_union(ann) and len(args) == 1:
