@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -158,3 +159,15 @@ def test_a_key_source_file_must_hold_a_usable_key_set(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         load(provider(jwks_url=None, jwks_file=str(f)))
     assert e.value.path == "providers[0].jwks_file" and "no usable key" in e.value.problem
+
+
+def test_the_full_example_names_every_key() -> None:
+    from sidecar.config import Cors, Decision, Jwks, Limits, Provider
+    from sidecar.config.model import fields_of
+
+    text = (ROOT / "config" / "full.yaml").read_text()
+    for cls in (Config, Provider, Cors, Jwks, Limits, Decision):
+        for key in fields_of(cls):
+            assert re.search(rf"^[#\s]*(- )?{key}:", text, re.M), (
+                f"{cls.__name__}.{key} is missing from config/full.yaml"
+            )
