@@ -241,7 +241,8 @@ def test_version_and_help() -> None:
     assert r.returncode == 0 and r.stdout.strip() == f"sidecar {__version__}"
     r = sidecar("run", "--help")
     assert r.returncode == 0
-    assert "--issuer VALUE" in r.stdout and "required unless" in r.stdout and "example:" in r.stdout
+    assert "--issuer ISSUER" in r.stdout and "required unless" in r.stdout and "example:" in r.stdout
+    assert "--leeway DURATION" in r.stdout and "--listen HOST:PORT" in r.stdout and "--log-level {debug" in r.stdout
     r = sidecar("check-config", "--help")
     assert "--leeway" in r.stdout and "example:" in r.stdout
 

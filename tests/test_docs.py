@@ -14,7 +14,7 @@ import pytest
 
 from sidecar.cli import FLAGS
 from sidecar.config import Config, Cors, Decision, Jwks, Limits, Provider
-from sidecar.config.model import fields_of
+from sidecar.config.model import SECTIONS, fields_of
 from sidecar.errors import all_reasons
 from sidecar.metrics import Metrics
 from tests.support import free_port
@@ -49,13 +49,12 @@ def test_every_flag_and_its_environment_twin_are_documented() -> None:
 
 
 def test_every_config_key_is_documented() -> None:
-    for section, cls in (("", Config), ("cors.", Cors), ("jwks.", Jwks), ("limits.", Limits), ("decision.", Decision)):
+    for section, cls in SECTIONS.items():
+        prefix = "providers[]." if cls is Provider else f"{section}." if section else ""
         for key in fields_of(cls):
-            if key in ("providers", "cors", "jwks", "limits", "decision"):
-                continue
-            assert f"`{section}{key}`" in DOCS, section + key
-    for key in fields_of(Provider):
-        assert f"`providers[].{key}`" in DOCS, key
+            if key not in SECTIONS:
+                assert f"`{prefix}{key}`" in DOCS, prefix + key
+    assert {Config, Provider, Cors, Jwks, Limits, Decision} <= set(SECTIONS.values())
 
 
 def test_every_alert_the_chart_ships_is_documented() -> None:

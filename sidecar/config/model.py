@@ -15,6 +15,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import types
+import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
@@ -429,7 +431,7 @@ class Config:
     public_paths: Annotated[
         tuple[PublicPath, ...], BeforeValidator(_list), Cli("public-path", many=True), _ref("StringList")
     ] = key((), "path prefixes (whole segments) served without a token")
-    claim_headers: Annotated[ClaimHeaders, Cli("claim-header", many=True)] = key(
+    claim_headers: Annotated[ClaimHeaders, Cli("claim-header", many=True, metavar="NAME=CLAIM")] = key(
         (), "headers the app receives from verified claims: Header-Name: claim (dots for nested claims)"
     )
     identity_header_prefix: Annotated[
@@ -603,13 +605,25 @@ def rule_to_file(rule: Rule) -> dict[str, Any]:
 
 # --- loading ----------------------------------------------------------------------------------------------------
 
+
+def section_class(annotation: Any) -> type[Any] | None:
+    """The config class a field holds (Cors; Decision | None; Provider in tuple[Provider, ...]), else None."""
+    candidates = list(typing.get_args(annotation)) if typing.get_origin(annotation) in _WRAPPERS else [annotation]
+    for c in candidates:
+        if isinstance(c, type) and hasattr(c, "__pydantic_fields__"):
+            return c
+    return None
+
+
+_WRAPPERS = (typing.Union, types.UnionType, tuple)
+# where each section's keys are declared, by the first key of a path ("" is the top level)
 SECTIONS: dict[str, type[Any]] = {
     "": Config,
-    "providers": Provider,
-    "cors": Cors,
-    "jwks": Jwks,
-    "limits": Limits,
-    "decision": Decision,
+    **{
+        name: cls
+        for name, info in getattr(Config, "__pydantic_fields__", {}).items()
+        if (cls := section_class(info.annotation)) is not None
+    },
 }
 
 

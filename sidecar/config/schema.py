@@ -16,8 +16,8 @@ from typing import Annotated, Any
 
 from pydantic import TypeAdapter
 
-from sidecar.config.model import Config, Provider, fields_of
-from sidecar.config.sources import FLAGS, _section_class, _show
+from sidecar.config.model import Config, Provider, fields_of, section_class
+from sidecar.config.sources import FLAGS, _show
 from sidecar.config.types import TYPE_SCHEMAS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -174,7 +174,7 @@ def _rows(cls: type[Any], prefix: str, flags: dict[str, str]) -> list[str]:
     rows = []
     for name, info in fields_of(cls).items():
         path = f"{prefix}{name}"
-        section = _section_class(info.annotation)
+        section = section_class(info.annotation)
         if section is not None and section is not Provider:
             rows += _rows(section, f"{name}.", flags)
             continue

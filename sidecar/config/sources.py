@@ -8,7 +8,6 @@ carries `Cli(None)`; provider keys marked with `Cli(...)` set the first provider
 from __future__ import annotations
 
 import argparse
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from typing import Any
 import yaml
 
 from sidecar.config.errors import ConfigError
-from sidecar.config.model import Config, Provider, fields_of
+from sidecar.config.model import Config, Provider, fields_of, section_class
 from sidecar.config.types import Cli
 
 KEY_SOURCES = ("jwks_url", "jwks_file", "discovery")
@@ -32,6 +31,7 @@ class Flag:
     switch: bool = False  # a true/false key: --name / --no-name
     required: bool = False  # required unless the config file provides it
     default: Any = field(default=None, compare=False)
+    metavar: str = "VALUE"
 
     @property
     def env(self) -> str:
@@ -49,13 +49,20 @@ def _cli(info: Any) -> Cli | None:
     return next((m for m in info.metadata if isinstance(m, Cli)), None)
 
 
-def _section_class(annotation: Any) -> type[Any] | None:
-    """The dataclass a field holds (Cors, Jwks, ... or Decision | None), or None for a plain value."""
-    candidates = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
-    for c in candidates:
-        if isinstance(c, type) and hasattr(c, "__pydantic_fields__"):
-            return c
-    return None
+_METAVARS = {"Duration": "DURATION", "WholeNumber": "N", "HostPort": "HOST:PORT", "HttpUrl": "URL"}
+
+
+def _metavar(info: Any, name: str) -> str:
+    """What `--help` shows as the value: the type's name, the choices, or the flag's own noun."""
+    args = [a for a in typing.get_args(info.annotation) if a is not type(None)]
+    if typing.get_origin(info.annotation) is typing.Literal:
+        return "{" + ",".join(typing.get_args(info.annotation)) + "}"
+    metadata = list(info.metadata) + [m for a in args for m in getattr(a, "__metadata__", ())]
+    for m in metadata:
+        schema = getattr(m, "json_schema", None)
+        if isinstance(schema, dict) and schema.get("x-type") in _METAVARS:
+            return _METAVARS[schema["x-type"]]
+    return name.rpartition("-")[2].upper()
 
 
 def _is_list(annotation: Any) -> bool:
@@ -76,6 +83,7 @@ def _flags() -> tuple[Flag, ...]:
                 switch=info.annotation is bool,
                 required=bool(cli and cli.required),
                 default=default,
+                metavar=(cli and cli.metavar) or _metavar(info, cli.name if cli and cli.name else name),
             )
         )
 
@@ -87,7 +95,7 @@ def _flags() -> tuple[Flag, ...]:
         cli = _cli(info)
         if cli is not None and cli.name is None:
             continue
-        section = _section_class(info.annotation)
+        section = section_class(info.annotation)
         if section is None:
             add((fname,), info, cli, fname.replace("_", "-"))
             continue
@@ -234,7 +242,7 @@ def add_flags(p: argparse.ArgumentParser) -> None:
             kw["default"] = None
         elif flag.many:
             kw["action"] = "append"
-            kw["metavar"] = "VALUE"
+            kw["metavar"] = flag.metavar
         else:
-            kw["metavar"] = "VALUE"
+            kw["metavar"] = flag.metavar
         p.add_argument(f"--{flag.name}", **kw)

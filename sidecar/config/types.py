@@ -36,6 +36,7 @@ class Cli:
     name: str | None = ""
     many: bool = False
     required: bool = False
+    metavar: str = ""  # what --help shows for the value (default: from the type)
 
 
 @dataclass(frozen=True)
