@@ -677,7 +677,8 @@ def problems_of(e: ValidationError) -> list[tuple[str, str]]:
             allowed = sorted(fields_of(cls)) if cls else []
             problem = "unknown key" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
         elif kind == "greater_than_equal":
-            problem = f"must be at least {ctx['ge']:g}, got {value!r}"
+            shown = f"{value:g}" if isinstance(value, int | float) else repr(value)
+            problem = f"must be at least {ctx['ge']:g}, got {shown}"
         elif kind == "too_short":
             problem = f"must list at least {ctx.get('min_length', 1)}"
         elif kind == "string_too_short":
