@@ -18,7 +18,8 @@ from sidecar.cli import FLAGS, build_config, parser
 from sidecar.config import Config, Cors, Decision, Jwks, Limits
 from sidecar.config.model import fields_of
 from sidecar.devtools.issuer import DevIssuer
-from tests.support import free_port
+from tests.conftest import Upstream, sidecar_args
+from tests.support import SidecarProcess, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -270,3 +271,14 @@ def test_a_switch_can_be_turned_off_by_a_flag_over_the_environment() -> None:
 def test_repeatable_flags_take_commas_too() -> None:
     cfg = build_config(run_args(*PROVIDER_FLAGS, "--audience", "b,c", "--algorithms", "RS256,ES256"), {})
     assert cfg.providers[0].audiences == ("a", "b", "c") and cfg.providers[0].algorithms == ("RS256", "ES256")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_the_start_up_line_is_logged_once_per_pod(workers: str, issuer: DevIssuer, upstream: Upstream) -> None:
+    proc = SidecarProcess(sidecar_args(issuer, upstream, "--workers", workers)).start()
+    try:
+        lines = [line for line in proc.log_lines() if "listening" in json.dumps(line)]
+    finally:
+        proc.stop()
+    assert len(lines) == 1, proc.logs()
+    assert f"127.0.0.1:{proc.port}" in json.dumps(lines[0])
