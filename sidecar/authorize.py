@@ -32,7 +32,7 @@ def preflight(s: Sidecar, headers: CIMultiDictProxy[str]) -> tuple[tuple[str, st
     allowed = s.cors.preflight(headers)
     if allowed is None:
         s.metrics.cors_preflights.labels("rejected").inc()
-        raise errors.CorsRejected(f"origin {headers.get('Origin')!r}, method or headers not allowed")
+        raise errors.CorsRejected(s.cors.refused_part(headers))
     s.metrics.cors_preflights.labels("allowed").inc()
     return allowed
 

@@ -1,160 +1,73 @@
 """Command line: `sidecar run | check-config | demo | healthcheck`. Flags > environment (SIDECAR_*) > config file.
 
-Every flag is a path in the config file's model; merging builds one mapping that `config.load` checks.
-Exit code 2 on any config problem, with the exact key path.
+The flags come from the config model (`sidecar.config.sources.FLAGS`), so `run` and `check-config` read the
+same flags, environment and file. Exit code 2 on any config problem, one line per problem with its key path.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import socket
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import yaml
 
+from sidecar import __version__
 from sidecar.config import Config, ConfigError, load
+from sidecar.config.model import split_hostport
+from sidecar.config.sources import FLAGS, Flag, Merged, add_flags, merge, read_file
+
+__all__ = ["EXIT_CONFIG", "FLAGS", "Flag", "build_config", "main", "parser", "read_file"]
 
 EXIT_CONFIG = 2
 
+EXAMPLE = """\
+example:
+  sidecar run --issuer https://login.example.com/realms/main --audience orders-api \\
+      --jwks-url https://login.example.com/realms/main/protocol/openid-connect/certs \\
+      --upstream http://127.0.0.1:8080
+  sidecar run --config /etc/sidecar/config.yaml     # every key: config/full.yaml
+  sidecar check-config /etc/sidecar/config.yaml     # the effective config, or every problem (exit 2)
 
-@dataclass(frozen=True)
-class Flag:
-    name: str  # --name on the command line, SIDECAR_NAME in the environment
-    path: tuple[str, ...]  # where it lands in the config model; ("provider", key) means providers[0]
-    help: str
-    many: bool = False  # repeatable flag; comma-separated in the environment
-    switch: bool = False  # takes no value on the command line
-
-
-FLAGS: tuple[Flag, ...] = (
-    Flag("listen", ("listen",), "proxy listener HOST:PORT (default 0.0.0.0:8000)"),
-    Flag("upstream", ("upstream",), "the app, e.g. http://127.0.0.1:8080"),
-    Flag("admin-listen", ("admin_listen",), "health/readiness/metrics listener (default 0.0.0.0:9901)"),
-    Flag("admin-actions", ("admin_actions",), "admin actions: off | loopback (default) | on"),
-    Flag("jwks-url", ("provider", "jwks_url"), "the provider's JWKS URL"),
-    Flag("jwks-file", ("provider", "jwks_file"), "a JWKS file instead of a URL"),
-    Flag("discovery", ("provider", "discovery"), "find jwks_uri via the issuer's OIDC discovery", switch=True),
-    Flag("issuer", ("provider", "issuer"), "the exact `iss` accepted"),
-    Flag("audience", ("provider", "audiences"), "an accepted `aud` (repeatable, any-of)", many=True),
-    Flag("algorithms", ("provider", "algorithms"), "allowed algs, comma-separated (default: all asymmetric)"),
-    Flag("leeway", ("leeway",), "clock-skew leeway for exp/nbf/iat (default 60s)"),
-    Flag("expired-grace", ("expired_grace",), "accept tokens expired up to this long past leeway (default 0)"),
-    Flag("public-path", ("public_paths",), "path prefix served without a token (repeatable)", many=True),
-    Flag(
-        "claim-header",
-        ("claim_headers",),
-        "NAME=CLAIM header for the app (repeatable; a.b for nested)",
-        many=True,
-    ),
-    Flag(
-        "cors-origin",
-        ("cors", "origins"),
-        "allowed CORS origin (repeatable; https://*.example.com patterns)",
-        many=True,
-    ),
-    Flag(
-        "strip-authorization",
-        ("strip_authorization",),
-        "do not forward Authorization to the app",
-        switch=True,
-    ),
-    Flag("jwks-refresh", ("jwks", "refresh"), "key set refresh interval (default 5m)"),
-    Flag(
-        "jwks-max-stale",
-        ("jwks", "max_stale"),
-        "keep using last good keys this long when the IdP fails (default 24h)",
-    ),
-    Flag(
-        "jwks-refetch-cooldown",
-        ("jwks", "refetch_cooldown"),
-        "min time between unknown-kid refetches (default 30s)",
-    ),
-    Flag(
-        "key-retention",
-        ("jwks", "key_retention"),
-        "trust a key removed from the JWKS this long (default 24h)",
-    ),
-    Flag("workers", ("workers",), "worker processes (default 0: one per CPU this container may use)"),
-    Flag("log-level", ("log_level",), "debug | info | warning | error"),
-)
-
-
-def _env_name(flag: Flag) -> str:
-    return "SIDECAR_" + flag.name.upper().replace("-", "_")
-
-
-def _set(tree: dict[str, Any], flag: Flag, value: Any) -> None:
-    if flag.path[0] == "provider":
-        providers = tree.setdefault("providers", [])
-        if not isinstance(providers, list):
-            raise ConfigError("providers", "expected a list of providers")
-        if not providers:
-            providers.append({})
-        first = providers[0]
-        if flag.path[1] in ("jwks_url", "jwks_file", "discovery"):
-            # a key source given on the command line replaces the file's, it does not add a second one
-            for k in ("jwks_url", "jwks_file", "discovery"):
-                first.pop(k, None)
-        first[flag.path[1]] = value
-        return
-    node = tree
-    for key in flag.path[:-1]:
-        node = node.setdefault(key, {})
-    node[flag.path[-1]] = value
-
-
-def read_file(path: str) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except OSError as e:
-        raise ConfigError("--config", f"cannot read {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError("--config", f"{path} is not valid YAML: {e}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError("(top level)", f"{path} must hold a mapping")
-    return data
-
-
-def merge(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any]:
-    """file < env < flags, as one raw mapping for `config.load`."""
-    path = args.config or environ.get("SIDECAR_CONFIG")
-    tree = read_file(path) if path else {}
-    for flag in FLAGS:
-        env_value = environ.get(_env_name(flag))
-        if env_value is not None and env_value != "":
-            _set(tree, flag, env_value)
-    for flag in FLAGS:
-        value = getattr(args, flag.name.replace("-", "_"))
-        if value is None or value is False:
-            continue
-        _set(tree, flag, value)
-    return tree
+Flags > environment (each flag's SIDECAR_* twin) > config file. Docs: docs/configuration.md
+"""
 
 
 def build_config(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> Config:
-    return load(merge(args, environ))
+    return load(merge(args, environ).raw)
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sidecar", description="JWT-validating reverse proxy for a pod")
+    p = argparse.ArgumentParser(
+        prog="sidecar",
+        description="JWT-validating reverse proxy for a pod",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="verify tokens and proxy to the app")
-    run.add_argument("--config", help="YAML config file (env SIDECAR_CONFIG)")
-    for flag in FLAGS:
-        kw: dict[str, Any] = {"help": f"{flag.help} [env {_env_name(flag)}]"}
-        if flag.switch:
-            kw["action"] = "store_true"
-        elif flag.many:
-            kw["action"] = "append"
-        run.add_argument(f"--{flag.name}", **kw)
-    check = sub.add_parser("check-config", help="validate a config file and print the effective config")
-    check.add_argument("file")
+    run = sub.add_parser(
+        "run",
+        help="verify tokens and proxy to the app",
+        description="Verify tokens and proxy to the app. Required: a provider (--issuer, --audience and one "
+        "key source: --jwks-url, --jwks-file or --discovery), unless --config gives providers.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_flags(run)
+    check = sub.add_parser(
+        "check-config",
+        help="validate file + environment + flags, print the effective config",
+        description="Read the config exactly as `run` does (file, SIDECAR_* environment, flags), print the "
+        "effective config with every default, or every problem with its key path (exit 2).",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    check.add_argument("file", nargs="?", help="YAML config file (the same as --config)")
+    add_flags(check)
     demo = sub.add_parser("demo", help="dev issuer + echo app + sidecar on loopback, with curl lines")
     demo.add_argument("--port", type=int, default=0, help="sidecar port (default: a free one)")
     health = sub.add_parser("healthcheck", help="exit 0 if the running sidecar's /healthz answers 200 (HEALTHCHECK)")
@@ -162,20 +75,38 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _fail(e: ConfigError) -> int:
-    print(f"config error: {e.path}: {e.problem}", file=sys.stderr)
+def _fail(lines: list[str]) -> int:
+    for line in lines:
+        print(line, file=sys.stderr)
     return EXIT_CONFIG
+
+
+def _listeners(cfg: Config) -> list[tuple[str, str]]:
+    named = [("listen", cfg.listen), ("admin_listen", cfg.admin_listen)]
+    if cfg.decision is not None:
+        named.append(("decision.listen", cfg.decision.listen))
+    return named
+
+
+def unbindable(cfg: Config) -> list[str]:
+    """Every listener address this process cannot bind, as error lines (checked before any worker starts)."""
+    lines = []
+    for key, address in _listeners(cfg):
+        host, port = split_hostport(address)
+        try:
+            infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+            family, _, _, _, sockaddr = infos[0]
+            with socket.socket(family, socket.SOCK_STREAM) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(sockaddr)
+        except OSError as e:
+            why = "the address is in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+            lines.append(f"config error: {key}: cannot listen on {address}: {why}")
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.command == "check-config":
-        try:
-            cfg = load(read_file(args.file))
-        except ConfigError as e:
-            return _fail(e)
-        print(yaml.safe_dump(cfg.effective(), sort_keys=False), end="")
-        return 0
     if args.command == "demo":
         from sidecar.devtools.demo import run_demo
 
@@ -184,10 +115,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sidecar.healthcheck import check
 
         return check(args.timeout)
+    merged: Merged | None = None
+    # check-config may run where the pod's mounted key files are not (CI): it notes them instead of failing
+    unread: list[str] | None = [] if args.command == "check-config" else None
     try:
-        cfg = build_config(args)
+        merged = merge(args, os.environ)
+        cfg = load(merged.raw, unread)
     except ConfigError as e:
-        return _fail(e)
+        return _fail(merged.explain(e) if merged else e.lines())
+    if args.command == "check-config":
+        for note in unread or ():
+            print(f"note: {note}", file=sys.stderr)
+        print(yaml.safe_dump(cfg.effective(), sort_keys=False), end="")
+        return 0
+    problems = unbindable(cfg)
+    if problems:
+        return _fail(problems)
     from sidecar.workers import cpu_limit, shared_directory
 
     workers = cfg.workers or cpu_limit()

@@ -78,3 +78,17 @@ class CorsPolicy:
         if origin is None or not self.allowed_origin(origin):
             return (_VARY,)
         return (self._allow_origin(origin), *self._actual)
+
+    def refused_part(self, headers: CIMultiDictProxy[str]) -> str:
+        """Which part of a refused preflight the policy does not allow (origin, method or a header), in words."""
+        origin = headers.get("Origin", "")
+        if not self.enabled or not self.allowed_origin(origin):
+            return f"origin {origin[:100]!r} is not allowed"
+        method = headers.get("Access-Control-Request-Method", "")
+        if method not in self._methods:
+            return f"method {method[:20]!r} is not allowed"
+        for h in headers.get("Access-Control-Request-Headers", "").split(","):
+            h = h.strip().lower()
+            if h and h not in self._headers:
+                return f"header {h[:100]!r} is not allowed"
+        return "not allowed"

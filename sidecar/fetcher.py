@@ -246,7 +246,7 @@ class ProviderKeys:
         return {
             "provider": self.provider.name,
             "issuer": self.provider.issuer,
-            "jwks_url": self.jwks_url or self.provider.jwks_file,
+            **({"jwks_file": self.provider.jwks_file} if self.provider.jwks_file else {"jwks_url": self.jwks_url}),
             "usable": self.usable(),
             "age_seconds": None if self.fetched_at is None else round(now - self.fetched_at, 1),
             "stale_seconds": round(self.stale_seconds(), 1),

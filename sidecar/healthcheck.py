@@ -90,8 +90,13 @@ def healthz_url(admin_listen: str) -> str:
 
 
 def admin_listen_of(running: Running) -> str:
-    """The admin address `run` resolved from the same flags, environment and config file."""
-    from sidecar.cli import build_config, parser
+    """The admin address `run` resolved from the same flags, environment and config file.
+
+    Only that key is read, not the whole config checked: `run` checked it at start, and a key file that turned
+    bad since (a mounted Secret's update) must cost the last good keys' staleness, not a container restart."""
+    from sidecar.cli import parser
+    from sidecar.config.model import Config, fields_of, split_hostport
+    from sidecar.config.sources import merge
 
     args = parser().parse_args(["run", *running.args])
     environ = dict(running.environ)
@@ -99,7 +104,9 @@ def admin_listen_of(running: Running) -> str:
     if config and not os.path.isabs(config) and running.cwd:
         config = os.path.join(running.cwd, config)  # relative to where `run` started, not to us
     args.config = config
-    return build_config(args, environ).admin_listen
+    address = str(merge(args, environ).raw.get("admin_listen", fields_of(Config)["admin_listen"].default))
+    split_hostport(address)  # a ValueError when it is no HOST:PORT
+    return address
 
 
 def check(timeout: float = 2.0, proc: Path = PROC) -> int:

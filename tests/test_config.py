@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from sidecar.config import ASYMMETRIC_ALGS, Config, ConfigError, load
 
@@ -76,7 +79,7 @@ def test_config_objects_are_frozen() -> None:
             "cannot be true",
         ),
         (with_(cors={"origins": ["localhost:3000"]}), "cors.origins[0]", "not an origin"),
-        (with_(admin_actions="sometimes"), "admin_actions", "off, loopback or on"),
+        (with_(admin_actions="sometimes"), "admin_actions", "one of off, loopback, on"),
         (
             with_(providers=[BASE["providers"][0], BASE["providers"][0]]),
             "providers[1].issuer",
@@ -118,3 +121,56 @@ def yaml_file(path: Path) -> dict[str, Any]:
 @pytest.mark.parametrize("path", sorted((ROOT / "config").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_example_config_is_valid(path: Path) -> None:
     assert isinstance(load(yaml_file(path)), Config)
+
+
+def test_the_chart_schema_and_the_docs_key_table_are_the_models_own() -> None:
+    from sidecar.config import schema
+
+    chart = json.loads(schema.CHART_SCHEMA.read_text())
+    assert chart["properties"]["sidecar"]["properties"]["config"]["$ref"] == "#/definitions/Config"
+    for name, definition in schema.config_definitions().items():
+        if name == "Config":  # relaxed for kubernetesIssuer, and required again by the root if/then
+            definition = schema.for_chart(definition)
+            assert chart["then"]["properties"]["sidecar"]["properties"]["config"]["required"] == ["providers"]
+        assert chart["definitions"][name] == definition, f"{name}: run python -m sidecar.config.schema --write"
+    assert schema.config_table() in schema.CONFIG_DOC.read_text(), "run python -m sidecar.config.schema --write"
+
+
+def test_the_exported_schema_accepts_every_shipped_config_and_refuses_what_the_model_refuses() -> None:
+    import jsonschema
+
+    from sidecar.config import schema
+
+    validator = jsonschema.Draft7Validator({"definitions": schema.config_definitions(), "$ref": "#/definitions/Config"})
+    for path in sorted((ROOT / "config").glob("*.yaml")):
+        validator.validate(yaml.safe_load(path.read_text()))
+    for bad in (with_(lewaay=5), provider(algorithms=["HS256"]), with_(admin_actions="sometimes"), {}):
+        assert not validator.is_valid(bad), bad
+        with pytest.raises(ConfigError):
+            load(bad)
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as e:
+        load(with_(leeway="soon", lewaay=1, jwks={"refresh": 0}, limits={"max_token_bytes": 1}))
+    assert {p for p, _ in e.value.problems} == {"leeway", "lewaay", "jwks.refresh", "limits.max_token_bytes"}
+
+
+def test_a_key_source_file_must_hold_a_usable_key_set(tmp_path: Path) -> None:
+    f = tmp_path / "jwks.json"
+    f.write_text('{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}')
+    with pytest.raises(ConfigError) as e:
+        load(provider(jwks_url=None, jwks_file=str(f)))
+    assert e.value.path == "providers[0].jwks_file" and "no usable key" in e.value.problem
+
+
+def test_the_full_example_names_every_key() -> None:
+    from sidecar.config import Cors, Decision, Jwks, Limits, Provider
+    from sidecar.config.model import fields_of
+
+    text = (ROOT / "config" / "full.yaml").read_text()
+    for cls in (Config, Provider, Cors, Jwks, Limits, Decision):
+        for key in fields_of(cls):
+            assert re.search(rf"^[#\s]*(- )?{key}:", text, re.M), (
+                f"{cls.__name__}.{key} is missing from config/full.yaml"
+            )

@@ -33,6 +33,8 @@ def test_the_demo_prints_curl_lines_that_work() -> None:
         def run(cmd: str) -> str:
             return subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=20).stdout
 
+        # the lines mint their tokens when they run, so they keep working long after the demo started
+        assert not any("eyJ" in c for c in curls) and sum("/token.txt?" in c for c in curls) == 3
         valid, expired, grace, missing, preflight, public, admin = (run(c) for c in curls)
         assert '"Authorization", "Bearer ' in valid and '"X-Auth-Subject", "alice"' in valid
         assert "HTTP/1.1 401" in expired and '"reason": "expired"' in expired
@@ -41,6 +43,7 @@ def test_the_demo_prints_curl_lines_that_work() -> None:
         assert "HTTP/1.1 204" in preflight and "Access-Control-Allow-Origin: http://localhost:3000" in preflight
         assert '"path": "/public/info"' in public
         assert '"ready": true' in admin and 'sidecar_auth_failures_total{reason="expired"} 1.0' in admin
+        assert "}\nsidecar_auth" in admin, admin  # readyz's answer ends its own line
     finally:
         proc.terminate()
         proc.wait(10)

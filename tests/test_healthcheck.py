@@ -152,9 +152,20 @@ def test_unhealthy_when_nothing_listens_or_no_sidecar_runs(tmp_path: Path, capsy
 def test_unhealthy_not_a_crash_when_the_running_config_does_not_resolve(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    fake_proc(tmp_path, 5, ["sidecar", "run", "--leeway", "soon", *PROVIDER], {})
+    fake_proc(tmp_path, 5, ["sidecar", "run", "--admin-listen", "soon", *PROVIDER], {})
     assert check(proc=tmp_path) == 1
     assert "cannot resolve the admin address of pid 5" in capsys.readouterr().out
+
+
+def test_a_key_file_gone_bad_since_start_does_not_make_the_container_unhealthy(
+    tmp_path: Path, admin: Admin
+) -> None:
+    """Only the admin address is resolved: a broken key file costs staleness, never a restart loop."""
+    bad = tmp_path / "keys.json"
+    bad.write_text("{not json")
+    args = ["sidecar", "run", "--admin-listen", admin.listen, "--issuer", "https://i", "--audience", "a"]
+    fake_proc(tmp_path / "proc", 5, [*args, "--jwks-file", str(bad)], {})
+    assert check(proc=tmp_path / "proc") == 0
 
 
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs a Linux /proc")

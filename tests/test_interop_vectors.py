@@ -22,9 +22,10 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from sidecar.config import ConfigError, load
 from sidecar.devtools.issuer import DevIssuer, SigningKey, new_key
 from tests.conftest import MakeSidecar
-from tests.support import b64url, certificate, certificate_pem, certificate_x5c
+from tests.support import KeySetServer, b64url, certificate, certificate_pem, certificate_x5c
 
 ISS = "https://idp.example"
 AUD = "demo-api"
@@ -193,9 +194,24 @@ async def test_interop_vector(
 async def test_a_key_set_whose_every_key_is_ignored_is_counted_and_never_ready(
     ring: Ring, make_sidecar: MakeSidecar, issuer: DevIssuer, tmp_path: Path
 ) -> None:
+    doc = {"keys": [jwk(ring.weak), std_alphabet(ring.rs[0]), {"kty": "oct", "k": "c2VjcmV0"}]}
+    # as a file, such a set is a config error at start (the reasons named); from a URL it is fetched and counted
     path = tmp_path / "keys.json"
-    path.write_text(json.dumps({"keys": [jwk(ring.weak), std_alphabet(ring.rs[0]), {"kty": "oct", "k": "c2VjcmV0"}]}))
-    sc = await make_sidecar(issuer, wait=False, providers=[{"issuer": ISS, "audiences": [AUD], "jwks_file": str(path)}])
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match=r"no usable key in the set \(ignored: .*weak"):
+        load({"providers": [{"issuer": ISS, "audiences": [AUD], "jwks_file": str(path)}]})
+    server = KeySetServer()
+    server.doc = doc
+    try:
+        sc = await make_sidecar(
+            issuer, wait=False, providers=[{"issuer": ISS, "audiences": [AUD], "jwks_url": server.url}]
+        )
+        await _all_ignored_is_counted(sc, ring)
+    finally:
+        server.stop()
+
+
+async def _all_ignored_is_counted(sc: Any, ring: Ring) -> None:
     pk = sc.state.keys[0]
     assert not await pk.refresh()
     assert "no usable key" in (pk.last_error or "")

@@ -365,7 +365,7 @@ async def test_revoking_a_kidless_key_by_thumbprint_drops_its_cached_tokens(
     token = mint(bad, sc.clock.now())
     assert await reason(sc, token) is None
     tp = thumbprint(bad.private.public_key())
-    r = await sc.admin.post(f"/admin/keys/default/{tp}/revoke")
+    r = await sc.admin.post(f"/admin/keys/default/{tp}/revoke", headers={"X-Sidecar-Admin": "1"})
     assert (await r.json())["cached_tokens_dropped"] == 1
     assert await reason(sc, token) == "unknown_kid"
     listing = await (await sc.admin.get("/admin/keys")).json()

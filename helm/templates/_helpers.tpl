@@ -68,7 +68,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/*
 =====================================================================================================
-Durations: a number (seconds) or "500ms", "30s", "5m", "24h", "1d", as sidecar/config.py accepts.
+Durations: a number (seconds) or "500ms", "30s", "5m", "24h", "1d", as sidecar/config/types.py accepts.
 Input: the value. Output: whole seconds, rounded up.
 =====================================================================================================
 */}}

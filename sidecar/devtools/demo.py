@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import shlex
 import socket
-import time
 
 from aiohttp import web
 
@@ -37,24 +36,25 @@ async def _start(app: web.Application) -> tuple[web.AppRunner, int]:
     return runner, runner.addresses[0][1]
 
 
-def curl_lines(url: str, admin: str, issuer: DevIssuer) -> list[tuple[str, str]]:
-    now = time.time()
-    valid = issuer.mint(sub="alice", ttl=3600)
-    expired = issuer.mint(sub="bob", ttl=-3600, now=now)  # expired an hour ago: beyond leeway + grace
-    grace = issuer.mint(sub="carol", ttl=-(LEEWAY + 60), now=now)  # 2 minutes past exp: inside the grace window
+def curl_lines(url: str, admin: str, issuer: str) -> list[tuple[str, str]]:
+    """Each line mints its token when it runs (from the dev issuer's /token.txt), so it keeps working."""
     q = shlex.quote
+
+    def bearer(query: str) -> str:
+        return f'-H "Authorization: Bearer $(curl -s {q(issuer + "/token.txt?" + query)})"'
+
     return [
         (
             "valid token -> 200, the echo shows Authorization arrived",
-            f"curl -s {q(url + '/api/hello')} -H {q('Authorization: Bearer ' + valid)}",
+            f"curl -s {q(url + '/api/hello')} {bearer('sub=alice&ttl=3600')}",
         ),
         (
-            "expired token -> 401 with reason 'expired'",
-            f"curl -si {q(url + '/api/hello')} -H {q('Authorization: Bearer ' + expired)}",
+            "token expired an hour ago (beyond leeway + grace) -> 401 with reason 'expired'",
+            f"curl -si {q(url + '/api/hello')} {bearer('sub=bob&ttl=-3600')}",
         ),
         (
             f"token 2 min past exp, inside leeway {LEEWAY}s + grace {GRACE}s -> 200 with X-Auth-Token-Expired-Seconds",
-            f"curl -s {q(url + '/api/hello')} -H {q('Authorization: Bearer ' + grace)}",
+            f"curl -s {q(url + '/api/hello')} {bearer(f'sub=carol&ttl=-{LEEWAY + 60}')}",
         ),
         ("no token -> 401 missing_token", f"curl -si {q(url + '/api/hello')}"),
         (
@@ -64,8 +64,8 @@ def curl_lines(url: str, admin: str, issuer: DevIssuer) -> list[tuple[str, str]]
         ),
         ("public path -> 200 without a token", f"curl -s {q(url + '/public/info')}"),
         (
-            "readiness and metrics on the admin port",
-            f"curl -s {q(admin + '/readyz')}; curl -s {q(admin + '/metrics')} | grep ^sidecar_auth",
+            "readiness, then the auth metrics, on the admin port",
+            f"curl -s {q(admin + '/readyz')}; echo; curl -s {q(admin + '/metrics')} | grep ^sidecar_auth",
         ),
     ]
 
@@ -105,11 +105,11 @@ async def _demo(port: int) -> None:
             break
         await asyncio.sleep(0.05)
     url, admin = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
-    print(f"dev issuer  {issuer.issuer}  (JWKS {issuer.issuer}/jwks.json, tokens: {issuer.issuer}/token?sub=me)")
+    print(f"dev issuer  {issuer.issuer}  (keys at /jwks.json, a token at /token.txt?sub=me)")
     print(f"echo app    http://127.0.0.1:{echo_port}")
     print(f"sidecar     {url}  -> echo app   (admin {admin})")
     print()
-    for title, line in curl_lines(url, admin, issuer):
+    for title, line in curl_lines(url, admin, issuer.issuer):
         print(f"# {title}\n{line}\n")
     print("# Ctrl-C stops the demo.", flush=True)
     try:

@@ -107,6 +107,7 @@ class DevIssuer:
         app.router.add_get("/.well-known/openid-configuration", self._discovery)
         app.router.add_get("/jwks.json", self._jwks)
         app.router.add_route("*", "/token", self._token)
+        app.router.add_route("*", "/token.txt", self._token_text)
         app.router.add_post("/rotate", self._rotate)
         app.router.add_post("/outage", self._outage)
         return app
@@ -127,13 +128,20 @@ class DevIssuer:
         headers = {"Cache-Control": self.cache_control} if self.cache_control else None
         return web.json_response(self.jwks(), headers=headers)
 
-    async def _token(self, request: web.Request) -> web.Response:
+    async def _minted(self, request: web.Request) -> str:
         q: dict[str, Any] = dict(request.query)
         if request.can_read_body:
             q.update(await request.json())
         ttl = float(q.pop("ttl", 300))
         sub = str(q.pop("sub", "demo-user"))
-        return web.json_response({"access_token": self.mint(sub=sub, ttl=ttl, **q), "kid": self.signing.kid})
+        return self.mint(sub=sub, ttl=ttl, **q)
+
+    async def _token(self, request: web.Request) -> web.Response:
+        return web.json_response({"access_token": await self._minted(request), "kid": self.signing.kid})
+
+    async def _token_text(self, request: web.Request) -> web.Response:
+        """The bare token, for `-H "Authorization: Bearer $(curl -s .../token.txt?sub=me)"`."""
+        return web.Response(text=await self._minted(request))
 
     async def _rotate(self, request: web.Request) -> web.Response:
         keep = request.query.get("keep_old", "1") != "0"
@@ -151,7 +159,7 @@ class DevIssuer:
 def main() -> None:  # pragma: no cover - manual use
     import argparse
 
-    p = argparse.ArgumentParser(description="dev issuer")
+    p = argparse.ArgumentParser(description="dev issuer: JWKS, discovery, and tokens at /token (JSON) or /token.txt")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--audience", default="demo-api")
     a = p.parse_args()
@@ -165,6 +173,7 @@ def main() -> None:  # pragma: no cover - manual use
         port = runner.addresses[0][1]
         issuer.issuer = f"http://127.0.0.1:{port}"
         print(json.dumps({"issuer": issuer.issuer, "jwks_url": f"{issuer.issuer}/jwks.json"}), flush=True)
+        print(f"# a token: curl -s '{issuer.issuer}/token.txt?sub=me'", flush=True)
         await asyncio.Event().wait()
 
     asyncio.run(run())
