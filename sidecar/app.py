@@ -27,11 +27,12 @@ from sidecar.config import Config
 from sidecar.cors import CorsPolicy
 from sidecar.decision import decision_app
 from sidecar.fetcher import ProviderKeys
-from sidecar.headers import GRACE_SUFFIX, HeaderPolicy, remove_token
+from sidecar.headers import GRACE_SUFFIX, HeaderPolicy
 from sidecar.metrics import Metrics
 from sidecar.proxy import forward, upstream_session
 from sidecar.responses import reject, setup_logging
 from sidecar.rules import RuleSet, encode, normalise
+from sidecar.scrub import TokenForms
 from sidecar.token_cache import VerifiedToken
 from sidecar.verify import Verifier
 from sidecar.websocket import is_websocket, proxy_websocket
@@ -51,6 +52,7 @@ class Sidecar:
     verifier: Verifier
     cors: CorsPolicy
     headers: HeaderPolicy
+    forms: TokenForms
     rules: RuleSet
     token_sources: tuple[str, ...]  # every provider's sources, each once
     grace_header: str
@@ -87,7 +89,8 @@ def build_state(cfg: Config, clock: Clock | None = None, metrics: Metrics | None
         keys=keys,
         verifier=Verifier(cfg, keys, clock, metrics, rules),
         cors=CorsPolicy(cfg.cors),
-        headers=HeaderPolicy(cfg.identity_header_prefix),
+        headers=HeaderPolicy.from_config(cfg),
+        forms=TokenForms.from_config(cfg),
         rules=rules,
         token_sources=tuple(dict.fromkeys(src for p in cfg.providers for src in p.token_sources)),
         grace_header=cfg.identity_header_prefix + GRACE_SUFFIX,
@@ -123,11 +126,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
         canonical = normalise(path)
         allowed = await authorize(s, request.method, canonical, request.headers, request.query)
         headers = s.headers.forwardable(request.headers)
-        if allowed.route.strip_authorization:
-            headers.popall("Authorization", None)
-        if allowed.drop_source:
-            dropped = s.token_sources if allowed.drop_source == "*" else (allowed.drop_source,)
-            query = remove_token(headers, query, dropped)
+        # the verified token, in the form it was read, is the only token form the app may see
+        query = s.forms.scrub(headers, query, None if allowed.route.strip_authorization else allowed.token_form)
         for name, value in allowed.identity:
             headers[name] = value
         _forwarded(request, headers)

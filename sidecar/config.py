@@ -29,6 +29,53 @@ class ConfigError(ValueError):
         self.problem = problem
 
 
+# Headers other auth proxies set for the app (oauth2-proxy, Authelia, Pomerium, Traefik forwardAuth setups,
+# Kong, Google IAP, AWS ALB, Cloudflare Access, Azure Easy Auth, Vouch, authentik, Envoy/Istio, the Kubernetes
+# front proxy, Apache/nginx mTLS). An app moved behind the sidecar may still trust them, so a client must never
+# be able to send them. A trailing `*` makes an entry a prefix. The `foreign_identity_headers` key replaces the list.
+FOREIGN_IDENTITY_HEADERS: tuple[str, ...] = (
+    "X-Forwarded-User",
+    "X-Forwarded-Email",
+    "X-Forwarded-Groups",
+    "X-Forwarded-Preferred-Username",
+    "X-Forwarded-Access-Token",
+    "X-Forwarded-Client-Cert",
+    "X-Auth-Request-*",
+    "Remote-User",
+    "Remote-Groups",
+    "Remote-Email",
+    "Remote-Name",
+    "X-Remote-*",
+    "X-User",
+    "X-User-Id",
+    "X-Email",
+    "X-Authenticated-*",
+    "X-Consumer-*",
+    "X-Credential-Identifier",
+    "X-Anonymous-Consumer",
+    "X-Userinfo",
+    "X-Id-Token",
+    "X-Jwt-Payload",
+    "X-Jwt-Assertion",
+    "X-Pomerium-*",
+    "X-Goog-Authenticated-*",
+    "X-Goog-Iap-Jwt-Assertion",
+    "X-Amzn-Oidc-*",
+    "Cf-Access-*",
+    "X-Ms-Client-Principal*",
+    "X-Ms-Token-*",
+    "X-Vouch-*",
+    "X-Authentik-*",
+    "X-Ssl-Client-*",
+    "X-Client-Cert*",
+    "X-Client-Verify",
+    "X-Client-Dn",
+)
+# Headers that make many frameworks (Rack, Laravel, Symfony, Express method-override, ASP.NET Core, Spring
+# setups) treat a POST as another method: the rules judged POST, so the app must never see them.
+METHOD_OVERRIDE_HEADERS: tuple[str, ...] = ("X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override")
+
+
 @dataclass(frozen=True, slots=True)
 class Provider:
     name: str
@@ -105,6 +152,10 @@ class Config:
     claim_headers: tuple[tuple[str, str], ...] = ()
     identity_header_prefix: str = "X-Auth-"
     strip_authorization: bool = False
+    foreign_identity_headers: tuple[str, ...] = FOREIGN_IDENTITY_HEADERS  # dropped from every client request
+    method_override_headers: tuple[str, ...] = METHOD_OVERRIDE_HEADERS  # dropped from every client request
+    method_override_params: tuple[str, ...] = ("_method",)  # dropped from every query string
+    authorization_passthrough: tuple[str, ...] = ()  # schemes forwarded unverified (e.g. Basic); none by default
     realm: str = "sidecar"
     token_cache_size: int = 100_000
     token_cache_max_bytes: int = 32 << 20  # memory bound of the cache as well (large claims make large entries)
@@ -233,6 +284,36 @@ def _header_name(path: str, v: Any) -> str:
     if not HEADER_NAME.match(s):
         raise ConfigError(path, f"{s!r} is not a valid HTTP header name")
     return s
+
+
+def _header_list(key: str, m: Mapping[str, Any], default: tuple[str, ...]) -> tuple[str, ...]:
+    """Header names; a trailing `*` makes an entry a prefix (at least three characters before it)."""
+    out = strings(key, m.get(key, list(default)))
+    for i, name in enumerate(out):
+        base = name[:-1] if name.endswith("*") else name
+        if not HEADER_NAME.match(base) or (name.endswith("*") and len(base) < 3):
+            raise ConfigError(f"{key}[{i}]", f"{name!r} is not a header name or a prefix like X-Auth-Request-*")
+        if base.lower().replace("_", "-") in ("authorization", "cookie", "host"):
+            raise ConfigError(f"{key}[{i}]", f"{name!r}: this header is judged by the token rules, not dropped")
+    return out
+
+
+def _params(key: str, m: Mapping[str, Any], default: tuple[str, ...]) -> tuple[str, ...]:
+    out = strings(key, m.get(key, list(default)))
+    for i, name in enumerate(out):
+        if not name or any(c in name for c in "&;=# "):
+            raise ConfigError(f"{key}[{i}]", f"{name!r} is not a query parameter name")
+    return out
+
+
+def _schemes(key: str, m: Mapping[str, Any]) -> tuple[str, ...]:
+    out = strings(key, m.get(key, []))
+    for i, scheme in enumerate(out):
+        if not HEADER_NAME.match(scheme):
+            raise ConfigError(f"{key}[{i}]", f"{scheme!r} is not an auth scheme (a token, like Basic)")
+        if scheme.lower() == "bearer":
+            raise ConfigError(f"{key}[{i}]", "Bearer tokens are always verified; they never pass unverified")
+    return out
 
 
 # --- sections -----------------------------------------------------------------------------------------
@@ -511,6 +592,10 @@ def load(raw: Mapping[str, Any] | None) -> Config:
         claim_headers=_claim_headers(m.get("claim_headers"), prefix),
         identity_header_prefix=prefix,
         strip_authorization=_bool("strip_authorization", m.get("strip_authorization", False)),
+        foreign_identity_headers=_header_list("foreign_identity_headers", m, d.foreign_identity_headers),
+        method_override_headers=_header_list("method_override_headers", m, d.method_override_headers),
+        method_override_params=_params("method_override_params", m, d.method_override_params),
+        authorization_passthrough=_schemes("authorization_passthrough", m),
         realm=_str("realm", m.get("realm", d.realm)).replace('"', "'"),
         token_cache_size=_int("token_cache_size", m.get("token_cache_size", d.token_cache_size)),
         token_cache_max_bytes=_int(
