@@ -377,6 +377,15 @@ def _provider(path: str, raw: Any, index: int) -> Provider:
     )
 
 
+def _serialised_origin(origin: str) -> str:
+    """An origin as a browser serialises it: lowercase scheme and host, no default port."""
+    scheme, _, rest = origin.partition("://")
+    host, colon, port = rest.partition(":")
+    default = {"http": "80", "https": "443"}.get(scheme.lower())
+    port = str(int(port)) if colon and port else ""
+    return f"{scheme.lower()}://{host.lower()}" + (f":{port}" if port and port != default else "")
+
+
 def _cors(raw: Any) -> Cors:
     m = _mapping("cors", raw, set(Cors.__dataclass_fields__))
     d = Cors()
@@ -385,6 +394,13 @@ def _cors(raw: Any) -> Cors:
         if o != "*" and not re.match(r"^https?://[A-Za-z0-9.*-]+(:\d+)?$", o):
             raise ConfigError(
                 f"cors.origins[{i}]", f"{o!r} is not an origin (scheme://host[:port], '*' allowed in host)"
+            )
+        if o != "*" and (serial := _serialised_origin(o)) != o:
+            # browsers send origins serialised and the Fetch standard compares them byte for byte
+            raise ConfigError(f"cors.origins[{i}]", f"{o!r} is never sent by a browser; write {serial!r}")
+        if "*" in o and o != "*" and (o.count("*") > 1 or "://*." not in o):
+            raise ConfigError(
+                f"cors.origins[{i}]", f"{o!r}: '*' may only be the leftmost label, as https://*.example.com"
             )
     methods = tuple(x.upper() for x in strings("cors.methods", m.get("methods", list(d.methods))))
     headers = tuple(

@@ -112,11 +112,11 @@ class TokenForms:
 
     def _named_headers(self, headers: CIMultiDict[str], source: str, token: str) -> None:
         wanted = source.partition(":")[2].lower() if source.startswith("header:") else None
-        hits = {name.lower() for name in headers if identity_key(name) in self._headers}
-        for name in hits:
-            values = headers.popall(name)
+        hits = {name.lower(): name for name in headers if identity_key(name) in self._headers}
+        for low, name in hits.items():
+            values = headers.popall(low)
             # only the configured spelling, never its `_` twin, and only the value that was verified
-            if name == wanted:
+            if low == wanted:
                 headers.extend((name, v) for v in values if v.strip() == token)
 
     def _cookie(self, headers: CIMultiDict[str], source: str, token: str) -> None:
