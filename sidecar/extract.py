@@ -38,7 +38,9 @@ def _cookies(headers: CIMultiDictProxy[str], name: str) -> list[str]:
     found = []
     for header in headers.getall("Cookie", ()):
         for part in header.split(";"):
-            key, eq, value = part.strip().partition("=")
+            key, eq, value = part.partition("=")
+            # Starlette, Django, Go, Express and Werkzeug all trim the name and value: `session = x` is `session`
+            key, value = key.strip(), value.strip()
             if eq and key == name:
                 try:  # a quoted cookie value is unquoted the way browsers and frameworks read it
                     jar: SimpleCookie = SimpleCookie()

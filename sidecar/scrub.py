@@ -52,7 +52,7 @@ def _cookie_readings(part: str) -> set[str]:
     names = {key.strip().lower(), fold_param(key)}
     for chunk in _COOKIE_CHUNKS.split(part):
         k, eq, _ = chunk.partition("=")
-        if eq:
+        if eq and k.strip():
             names.add(k.strip().lower())
     return names
 
