@@ -29,6 +29,7 @@ from sidecar.decision import decision_app
 from sidecar.fetcher import ProviderKeys
 from sidecar.headers import GRACE_SUFFIX, HeaderPolicy
 from sidecar.metrics import Metrics
+from sidecar.override import MethodOverride
 from sidecar.proxy import forward, upstream_session
 from sidecar.responses import reject, setup_logging
 from sidecar.rules import RuleSet, encode, normalise
@@ -53,6 +54,7 @@ class Sidecar:
     cors: CorsPolicy
     headers: HeaderPolicy
     forms: TokenForms
+    overrides: MethodOverride
     rules: RuleSet
     token_sources: tuple[str, ...]  # every provider's sources, each once
     grace_header: str
@@ -91,6 +93,7 @@ def build_state(cfg: Config, clock: Clock | None = None, metrics: Metrics | None
         cors=CorsPolicy(cfg.cors),
         headers=HeaderPolicy.from_config(cfg),
         forms=TokenForms.from_config(cfg),
+        overrides=MethodOverride(cfg.method_override_headers, cfg.method_override_params),
         rules=rules,
         token_sources=tuple(dict.fromkeys(src for p in cfg.providers for src in p.token_sources)),
         grace_header=cfg.identity_header_prefix + GRACE_SUFFIX,
@@ -124,7 +127,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
         if not path.startswith("/"):
             raise errors.BadRequest("the request target must be an absolute path")
         canonical = normalise(path)
-        allowed = await authorize(s, request.method, canonical, request.headers, request.query)
+        also = s.overrides.methods(request.headers, query)
+        allowed = await authorize(s, request.method, canonical, request.headers, request.query, also)
         headers = s.headers.forwardable(request.headers)
         # the verified token, in the form it was read, is the only token form the app may see
         query = s.forms.scrub(headers, query, None if allowed.route.strip_authorization else allowed.token_form)

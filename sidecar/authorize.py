@@ -40,15 +40,37 @@ def preflight(s: Sidecar, headers: CIMultiDictProxy[str]) -> tuple[tuple[str, st
 
 
 async def authorize(
-    s: Sidecar, method: str, canonical: str | None, headers: CIMultiDictProxy[str], query: MultiMapping[str]
+    s: Sidecar,
+    method: str,
+    canonical: str | None,
+    headers: CIMultiDictProxy[str],
+    query: MultiMapping[str],
+    also: frozenset[str] = frozenset(),
 ) -> Allowed:
-    """Allowed, or raises the `Rejection` that says why not."""
+    """Allowed, or raises the `Rejection` that says why not. `also`: methods the app may act on instead
+    (method overrides); the request must satisfy the route of each."""
     route = s.rules.route(method, canonical)
+    for other in also - {method}:
+        route = _stricter(route, s.rules.route(other, canonical))
     try:
         return await _decide(s, route, headers, query, method)
     except errors.Rejection as r:
         r.route = route.name
         raise
+
+
+def _stricter(a: Route, b: Route) -> Route:
+    """One route holding a request to both: public only if both are, denied if either is."""
+    if a == b:
+        return a
+    return Route(
+        name=a.name,
+        public=a.public and b.public,
+        deny=a.deny or b.deny,
+        rules=tuple(dict.fromkeys((*a.rules, *b.rules))),
+        header_indices=a.header_indices,
+        strip_authorization=a.strip_authorization or b.strip_authorization,
+    )
 
 
 async def _decide(

@@ -72,7 +72,7 @@ FOREIGN_IDENTITY_HEADERS: tuple[str, ...] = (
     "X-Client-Dn",
 )
 # Headers that make many frameworks (Rack, Laravel, Symfony, Express method-override, ASP.NET Core, Spring
-# setups) treat a POST as another method: the rules judged POST, so the app must never see them.
+# setups) treat a POST as another method: a request is judged under every method they name (override.py).
 METHOD_OVERRIDE_HEADERS: tuple[str, ...] = ("X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override")
 
 
@@ -153,8 +153,8 @@ class Config:
     identity_header_prefix: str = "X-Auth-"
     strip_authorization: bool = False
     foreign_identity_headers: tuple[str, ...] = FOREIGN_IDENTITY_HEADERS  # dropped from every client request
-    method_override_headers: tuple[str, ...] = METHOD_OVERRIDE_HEADERS  # dropped from every client request
-    method_override_params: tuple[str, ...] = ("_method",)  # dropped from every query string
+    method_override_headers: tuple[str, ...] = METHOD_OVERRIDE_HEADERS  # the methods they name are judged too
+    method_override_params: tuple[str, ...] = ("_method",)  # query/form parameters judged the same way
     authorization_passthrough: tuple[str, ...] = ()  # schemes forwarded unverified (e.g. Basic); none by default
     realm: str = "sidecar"
     token_cache_size: int = 100_000

@@ -71,11 +71,10 @@ class HeaderPolicy:
         self,
         identity_prefix: str,
         foreign_identity: tuple[str, ...] = (),
-        method_override: tuple[str, ...] = (),
         exempt: tuple[str, ...] = (),
     ) -> None:
         self._prefix = identity_key(identity_prefix)
-        self._dropped = NameList((*foreign_identity, *method_override))
+        self._dropped = NameList(foreign_identity)
         # a header the operator named as a token source is judged by the token rules, not dropped here
         self._exempt = frozenset(h.lower() for h in exempt)
 
@@ -85,7 +84,6 @@ class HeaderPolicy:
         return cls(
             cfg.identity_header_prefix,
             cfg.foreign_identity_headers,
-            cfg.method_override_headers,
             exempt=tuple(src.partition(":")[2] for src in sources if src.startswith("header:")),
         )
 
@@ -93,8 +91,8 @@ class HeaderPolicy:
         return identity_key(name).startswith(self._prefix)
 
     def forwardable(self, headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-        """The client's headers minus hop-by-hop, `Connection`-named, identity-namespace, foreign identity
-        and method-override headers."""
+        """The client's headers minus hop-by-hop, `Connection`-named, identity-namespace and foreign identity
+        headers."""
         # `Connection` never removes what the sidecar sets, nor the token it just verified
         drop = HOP_BY_HOP | (connection_named(headers) - _PROTECTED)
         prefix = self._prefix

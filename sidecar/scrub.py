@@ -67,23 +67,20 @@ def _cookie_value(part: str) -> str:
 class TokenForms:
     """Where tokens may be, built once from every provider's `token_sources`."""
 
-    __slots__ = ("_cookies", "_headers", "_override", "_params", "_passthrough")
+    __slots__ = ("_cookies", "_headers", "_params", "_passthrough")
 
-    def __init__(
-        self, sources: tuple[str, ...], passthrough: tuple[str, ...], override_params: tuple[str, ...]
-    ) -> None:
+    def __init__(self, sources: tuple[str, ...], passthrough: tuple[str, ...]) -> None:
         named = [s.partition(":")[::2] for s in sources]
         # folded name -> the one spelling that is read as the token
         self._headers = {identity_key(n): n.lower() for kind, n in named if kind == "header" and n}
         self._cookies = frozenset(n.lower() for kind, n in named if kind == "cookie")
         self._params = frozenset({RFC6750_QUERY, *(fold_param(n) for kind, n in named if kind == "query")})
-        self._override = frozenset(fold_param(p) for p in override_params)
         self._passthrough = frozenset(s.lower() for s in passthrough)
 
     @classmethod
     def from_config(cls, cfg: Config) -> TokenForms:
         sources = tuple(dict.fromkeys(src for p in cfg.providers for src in p.token_sources))
-        return cls(sources, cfg.authorization_passthrough, cfg.method_override_params)
+        return cls(sources, cfg.authorization_passthrough)
 
     def scrub(self, headers: CIMultiDict[str], query: str, kept: tuple[str, str] | None) -> str:
         """Remove every token form but `kept` (source, token) from `headers`; returns the new query string."""
@@ -151,10 +148,7 @@ class TokenForms:
             kept = []
             for piece in pieces:
                 name, _, value = piece.partition("=")
-                folded = fold_param(name)
-                if folded in self._override:
-                    continue
-                if folded in self._params and not (
+                if fold_param(name) in self._params and not (
                     len(pieces) == 1 and unquote_plus(name) == wanted and unquote_plus(value) == token
                 ):
                     continue
