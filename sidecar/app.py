@@ -27,6 +27,7 @@ from sidecar.config import Config
 from sidecar.cors import CorsPolicy
 from sidecar.decision import decision_app
 from sidecar.fetcher import ProviderKeys
+from sidecar.formbody import FormScan, content_type, form_kind
 from sidecar.headers import GRACE_SUFFIX, HeaderPolicy
 from sidecar.metrics import Metrics
 from sidecar.override import MethodOverride
@@ -142,8 +143,15 @@ async def handle(request: web.Request) -> web.StreamResponse:
         if is_websocket(request):
             expires_at = _expiry(s, allowed.verified) if cfg.websocket_close_on_expiry else None
             return await proxy_websocket(request, s.upstream, cfg.upstream + path_qs, headers, expires_at, s.clock, m)
+        scan = None
+        if request.body_exists and form_kind(ctype := content_type(request.headers)):
+
+            async def judge(more: frozenset[str]) -> None:
+                await authorize(s, request.method, canonical, request.headers, request.query, also | more)
+
+            scan = FormScan(ctype, s.forms.params, s.overrides, judge)
         return await forward(
-            request, s.upstream, cfg.upstream, path_qs, headers, cors_extra, cfg.limits.max_body_bytes, m
+            request, s.upstream, cfg.upstream, path_qs, headers, cors_extra, cfg.limits.max_body_bytes, m, scan
         )
     except errors.Rejection as r:
         if cfg.route_metrics and r.route:

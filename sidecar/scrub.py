@@ -67,14 +67,15 @@ def _cookie_value(part: str) -> str:
 class TokenForms:
     """Where tokens may be, built once from every provider's `token_sources`."""
 
-    __slots__ = ("_cookies", "_headers", "_params", "_passthrough")
+    __slots__ = ("_cookies", "_headers", "_passthrough", "params")
 
     def __init__(self, sources: tuple[str, ...], passthrough: tuple[str, ...]) -> None:
         named = [s.partition(":")[::2] for s in sources]
         # folded name -> the one spelling that is read as the token
         self._headers = {identity_key(n): n.lower() for kind, n in named if kind == "header" and n}
         self._cookies = frozenset(n.lower() for kind, n in named if kind == "cookie")
-        self._params = frozenset({RFC6750_QUERY, *(fold_param(n) for kind, n in named if kind == "query")})
+        # folded names read as a token in a query string or a form body (formbody.py)
+        self.params = frozenset({RFC6750_QUERY, *(fold_param(n) for kind, n in named if kind == "query")})
         self._passthrough = frozenset(s.lower() for s in passthrough)
 
     @classmethod
@@ -148,7 +149,7 @@ class TokenForms:
             kept = []
             for piece in pieces:
                 name, _, value = piece.partition("=")
-                if fold_param(name) in self._params and not (
+                if fold_param(name) in self.params and not (
                     len(pieces) == 1 and unquote_plus(name) == wanted and unquote_plus(value) == token
                 ):
                     continue

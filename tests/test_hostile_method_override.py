@@ -109,3 +109,34 @@ def test_too_many_overrides_are_a_bad_request(sidecar: SidecarProcess, upstream:
     many = ",".join(f"M{i}" for i in range(20))
     r = request(sidecar.url, "POST", "/open/form", headers={"X-HTTP-Method-Override": many}, body=b"{}")
     assert (r.status, r.json()["reason"]) == (400, "bad_request")
+
+
+FORMS = {
+    "urlencoded": ("application/x-www-form-urlencoded", lambda m: f"title=x&_method={m}".encode()),
+    "urlencoded-semicolon": ("application/x-www-form-urlencoded", lambda m: f"title=x;_METHOD={m}".encode()),
+    "multipart": (
+        "multipart/form-data; boundary=zz",
+        lambda m: (
+            b'--zz\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\n'
+            + b"x" * 200_000
+            + f'\r\n--zz\r\nContent-Disposition: form-data; name="_method"\r\n\r\n{m}\r\n--zz--\r\n'.encode()
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_a_method_override_in_a_form_body_is_judged_before_the_app_gets_the_whole_body(
+    form: str, sidecar: SidecarProcess, upstream: Upstream, issuer: DevIssuer
+) -> None:
+    ctype, body = FORMS[form]
+    token = issuer.mint(sub="alice")
+    for method, status in (("delete", 403), ("PUT", 403), ("POST", 200)):
+        upstream.clear()
+        headers = [("Content-Type", ctype), ("Authorization", f"Bearer {token}")]
+        r = request(sidecar.url, "POST", "/api/items/1", headers=headers, body=body(method))
+        assert r.status == status, (method, r.body[:200])
+        assert len(upstream.record) == (1 if status == 200 else 0)
+    upstream.clear()
+    r = request(sidecar.url, "POST", "/open/form", headers=[("Content-Type", ctype)], body=body("DELETE"))
+    assert r.status == 401 and upstream.record == []
