@@ -46,26 +46,36 @@ def identity_key(name: str) -> str:
     return name.lower().replace("_", "-")
 
 
+_SEEN = 4096  # header names remembered per classifier: clients send the same few names again and again
+
+
 class NameList:
     """Header names and `*`-suffixed prefixes, matched after case and `_`/`-` folding."""
 
-    __slots__ = ("_exact", "_prefixes")
+    __slots__ = ("_exact", "_prefixes", "_seen")
 
     def __init__(self, entries: tuple[str, ...] | list[str]) -> None:
         self._exact = frozenset(identity_key(e) for e in entries if not e.endswith("*"))
         self._prefixes = tuple(identity_key(e[:-1]) for e in entries if e.endswith("*"))
+        self._seen: dict[str, bool] = {}
 
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
-        key = identity_key(name)
-        return key in self._exact or key.startswith(self._prefixes)
+        hit = self._seen.get(name)
+        if hit is None:
+            key = identity_key(name)
+            hit = key in self._exact or key.startswith(self._prefixes)
+            if len(self._seen) >= _SEEN:
+                self._seen.clear()
+            self._seen[name] = hit
+        return hit
 
 
 class HeaderPolicy:
     """Which client headers are dropped before a request reaches the app. Built once from config."""
 
-    __slots__ = ("_dropped", "_exempt", "_prefix")
+    __slots__ = ("_dropped", "_exempt", "_prefix", "_seen")
 
     def __init__(
         self,
@@ -77,6 +87,7 @@ class HeaderPolicy:
         self._dropped = NameList(foreign_identity)
         # a header the operator named as a token source is judged by the token rules, not dropped here
         self._exempt = frozenset(h.lower() for h in exempt)
+        self._seen: dict[str, bool] = {}  # header name -> always dropped (whatever `Connection` says)
 
     @classmethod
     def from_config(cls, cfg: Config) -> HeaderPolicy:
@@ -94,19 +105,26 @@ class HeaderPolicy:
         """The client's headers minus hop-by-hop, `Connection`-named, identity-namespace and foreign identity
         headers."""
         # `Connection` never removes what the sidecar sets, nor the token it just verified
-        drop = HOP_BY_HOP | (connection_named(headers) - _PROTECTED)
-        prefix = self._prefix
-        dropped = self._dropped
-        exempt = self._exempt
+        named = connection_named(headers) - _PROTECTED if "Connection" in headers else None
+        seen = self._seen
         out: CIMultiDict[str] = CIMultiDict()
         for name, value in headers.items():
-            low = name.lower()
-            if low in drop or low.replace("_", "-").startswith(prefix) or low == "host":
-                continue
-            if low not in exempt and name in dropped:
+            drop = seen.get(name)
+            if drop is None:
+                drop = self._always_dropped(name)
+                if len(seen) >= _SEEN:
+                    seen.clear()
+                seen[name] = drop
+            if drop or (named and name.lower() in named):
                 continue
             out.add(name, value)
         return out
+
+    def _always_dropped(self, name: str) -> bool:
+        low = name.lower()
+        if low in HOP_BY_HOP or low == "host" or identity_key(name).startswith(self._prefix):
+            return True
+        return low not in self._exempt and name in self._dropped
 
 
 def header_safe(value: str) -> str:

@@ -15,7 +15,7 @@ from multidict import CIMultiDictProxy
 
 from sidecar import errors
 from sidecar.headers import NameList
-from sidecar.scrub import fold_param
+from sidecar.scrub import Folds, fold_param
 
 MAX_METHODS = 8  # distinct overrides judged per request; more is refused rather than judged rule by rule
 
@@ -28,14 +28,15 @@ def _methods(value: str) -> list[str]:
 class MethodOverride:
     """Reads override headers (any case, `_` for `-`) and parameters (every reading `scrub.fold_param` knows)."""
 
-    __slots__ = ("_headers", "_params")
+    __slots__ = ("_folds", "_headers", "_params")
 
     def __init__(self, headers: tuple[str, ...], params: tuple[str, ...]) -> None:
         self._headers = NameList(headers)
         self._params = frozenset(fold_param(p) for p in params)
+        self._folds = Folds()
 
     def is_param(self, name: str) -> bool:
-        return fold_param(name) in self._params
+        return self._folds[name] in self._params
 
     def methods(self, headers: CIMultiDictProxy[str], query: str, fields: tuple[str, ...] = ()) -> frozenset[str]:
         """Methods named by override headers, query parameters and (already read) form field values."""
@@ -48,7 +49,7 @@ class MethodOverride:
             # `;` too: Rack 2 and old Go and Python split on it
             for piece in query.replace(";", "&").split("&"):
                 name, _, value = piece.partition("=")
-                if fold_param(name) in self._params:
+                if self._folds[name] in self._params:
                     found.update(_methods(unquote_plus(value)))
         for value in fields:
             found.update(_methods(value))

@@ -41,6 +41,16 @@ def fold_param(name: str, *, plus: bool = True, lower: bool = True) -> str:
     return n.replace(" ", "_").replace(".", "_")
 
 
+class Folds(dict[str, str]):
+    """`fold_param` remembered per name (bounded): the same few parameter names arrive again and again."""
+
+    def __missing__(self, name: str) -> str:
+        if len(self) >= 4096:
+            self.clear()
+        folded = self[name] = fold_param(name)
+        return folded
+
+
 def auth_scheme(value: str) -> str | None:
     """The auth-scheme of an Authorization value read strictly (RFC 9110 §11.4: `scheme 1*SP credentials`)."""
     scheme = value.partition(" ")[0]
@@ -67,7 +77,7 @@ def _cookie_value(part: str) -> str:
 class TokenForms:
     """Where tokens may be, built once from every provider's `token_sources`."""
 
-    __slots__ = ("_cookies", "_headers", "_passthrough", "params")
+    __slots__ = ("_cookies", "_folds", "_headers", "_passthrough", "params")
 
     def __init__(self, sources: tuple[str, ...], passthrough: tuple[str, ...]) -> None:
         named = [s.partition(":")[::2] for s in sources]
@@ -77,6 +87,7 @@ class TokenForms:
         # folded names read as a token in a query string or a form body (formbody.py)
         self.params = frozenset({RFC6750_QUERY, *(fold_param(n) for kind, n in named if kind == "query")})
         self._passthrough = frozenset(s.lower() for s in passthrough)
+        self._folds = Folds()
 
     @classmethod
     def from_config(cls, cfg: Config) -> TokenForms:
@@ -97,6 +108,8 @@ class TokenForms:
         values = headers.getall("Authorization", ())
         if not values:
             return
+        if token is not None and len(values) == 1 and values[0][7:] == token and values[0][:7].lower() == "bearer ":
+            return  # the common case: the one header, the verified token
         keep = [
             v
             for v in values
@@ -149,7 +162,7 @@ class TokenForms:
             kept = []
             for piece in pieces:
                 name, _, value = piece.partition("=")
-                if fold_param(name) in self.params and not (
+                if self._folds[name] in self.params and not (
                     len(pieces) == 1 and unquote_plus(name) == wanted and unquote_plus(value) == token
                 ):
                     continue
