@@ -291,7 +291,7 @@ def _header_list(key: str, m: Mapping[str, Any], default: tuple[str, ...]) -> tu
     out = strings(key, m.get(key, list(default)))
     for i, name in enumerate(out):
         base = name[:-1] if name.endswith("*") else name
-        if not HEADER_NAME.match(base) or (name.endswith("*") and len(base) < 3):
+        if not HEADER_NAME.match(base) or "*" in base or (name.endswith("*") and len(base) < 3):
             raise ConfigError(f"{key}[{i}]", f"{name!r} is not a header name or a prefix like X-Auth-Request-*")
         if base.lower().replace("_", "-") in ("authorization", "cookie", "host"):
             raise ConfigError(f"{key}[{i}]", f"{name!r}: this header is judged by the token rules, not dropped")

@@ -121,8 +121,9 @@ class HeaderPolicy:
         return out
 
     def _always_dropped(self, name: str) -> bool:
-        low = name.lower()
-        if low in HOP_BY_HOP or low == "host" or identity_key(name).startswith(self._prefix):
+        low, key = name.lower(), identity_key(name)
+        # `Proxy_Authorization` is `HTTP_PROXY_AUTHORIZATION` to a CGI/WSGI app, like `Proxy-Authorization`
+        if key in HOP_BY_HOP or low == "host" or key.startswith(self._prefix):
             return True
         return low not in self._exempt and name in self._dropped
 

@@ -73,6 +73,13 @@ def test_method_override_headers_reach_the_app_they_are_judged_instead(name: str
     assert forwarded([(name, "DELETE")]) == [(name, "DELETE")]
 
 
+@pytest.mark.parametrize(
+    "name", ["Proxy-Authorization", "Proxy_Authorization", "proxy_authorization", "Keep_Alive", "TE"]
+)
+def test_hop_by_hop_headers_and_their_underscore_twins_never_reach_the_app(name: str) -> None:
+    assert forwarded([(name, "Basic eA=="), ("Accept", "*/*")]) == [("Accept", "*/*")]
+
+
 @pytest.mark.parametrize("name", ["X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "X-Request-Id", "Accept"])
 def test_ordinary_headers_pass(name: str) -> None:
     assert forwarded([(name, "v")]) == [(name, "v")]
@@ -112,6 +119,7 @@ def test_config_defaults_and_overrides() -> None:
     [
         ({"foreign_identity_headers": ["X Bad"]}, "foreign_identity_headers[0]"),
         ({"foreign_identity_headers": ["X*"]}, "foreign_identity_headers[0]"),
+        ({"foreign_identity_headers": ["X-*-User"]}, "foreign_identity_headers[0]"),
         ({"foreign_identity_headers": ["Authorization"]}, "foreign_identity_headers[0]"),
         ({"method_override_headers": ["ok", "Cookie"]}, "method_override_headers[1]"),
         ({"method_override_params": ["a&b"]}, "method_override_params[0]"),

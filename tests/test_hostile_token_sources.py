@@ -46,6 +46,8 @@ def forms(f: str) -> list[Form]:
         Form("auth-lower", (("Authorization", f"bearer {f}"),), canonical=True),
         Form("auth-upper-spaces", (("Authorization", f"BEARER   {f}"),), canonical=True),
         Form("auth-name-lower", (("authorization", f"Bearer {f}"),), canonical=True),
+        Form("proxy-authorization", (("Proxy-Authorization", f"Bearer {f}"),)),
+        Form("proxy-authorization-twin", (("Proxy_Authorization", f"Bearer {f}"),)),
         # a configured header, and the `_` twins CGI/WSGI servers read as the same variable
         Form("header", (("X-Api-Token", f),), canonical=True),
         Form("header-upper", (("X-API-TOKEN", f),), canonical=True),
