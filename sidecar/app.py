@@ -27,7 +27,7 @@ from sidecar.config import Config
 from sidecar.cors import CorsPolicy
 from sidecar.decision import decision_app
 from sidecar.fetcher import ProviderKeys
-from sidecar.formbody import FormScan, content_type, form_kind
+from sidecar.formbody import FormScan, check_encoding, content_type, form_kind
 from sidecar.headers import GRACE_SUFFIX, HeaderPolicy
 from sidecar.metrics import Metrics
 from sidecar.override import MethodOverride
@@ -149,6 +149,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
             async def judge(more: frozenset[str]) -> None:
                 await authorize(s, request.method, canonical, request.headers, request.query, also | more)
 
+            check_encoding(request.headers)
             scan = FormScan(ctype, s.forms.params, s.overrides, judge)
         return await forward(
             request, s.upstream, cfg.upstream, path_qs, headers, cors_extra, cfg.limits.max_body_bytes, m, scan

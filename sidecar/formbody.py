@@ -27,7 +27,8 @@ MAX_NAME = 1024  # bytes of one urlencoded field name; no real form needs more, 
 MAX_PART_HEADERS = 16384  # bytes of one multipart part's header block
 _VALUE = 64  # bytes of an override field's value kept for judging
 _SEP = re.compile(rb"[&;]")
-_BOUNDARY = re.compile(r"""boundary\s*=\s*(?:"([^"]+)"|([^;\s]+))""", re.IGNORECASE)
+_BOUNDARY = re.compile(r"""boundary\s*=\s*(?:"([^"]+)"|([^;,\s]+))""", re.IGNORECASE)
+_MEDIA_END = re.compile(r"[;,\s]")
 _NAME_PARAM = re.compile(r"""(?:^|[;\s])name\*?\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]*)""", re.IGNORECASE)
 
 Judge = Callable[[frozenset[str]], Awaitable[None]]
@@ -42,8 +43,16 @@ def content_type(headers: CIMultiDictProxy[str]) -> str:
 
 
 def form_kind(content_type: str) -> str | None:
-    mime = content_type.partition(";")[0].strip().lower()
+    # PHP and Rack end the media type at `;`, `,` or whitespace: `application/x-www-form-urlencoded, x` is a form
+    mime = _MEDIA_END.split(content_type.strip(), maxsplit=1)[0].lower()
     return mime if mime in ("application/x-www-form-urlencoded", "multipart/form-data") else None
+
+
+def check_encoding(headers: CIMultiDictProxy[str]) -> None:
+    """A compressed form body would be read by the app (Express's body-parser inflates it) but not here."""
+    for value in headers.getall("Content-Encoding", ()):
+        if value.strip().lower() not in ("", "identity"):
+            raise errors.BadRequest("a form body with a Content-Encoding is not accepted; send it uncompressed")
 
 
 def _text(raw: bytes) -> str:
@@ -77,8 +86,10 @@ class FormScan:
         self._override = override
         self._methods: set[str] = set()
         self._buf = bytearray()
-        m = _BOUNDARY.search(content_type)
-        self._boundary = b"--" + (m.group(1) or m.group(2)).encode("latin-1") if m else b""
+        found = {a or b for a, b in _BOUNDARY.findall(content_type)}
+        if len(found) > 1:  # parsers disagree on which one counts (first or last)
+            raise errors.BadRequest("a multipart Content-Type with more than one boundary")
+        self._boundary = b"--" + found.pop().encode("latin-1") if found else b""
         # multipart: "content" (looking for a delimiter), "after" (just past one), "headers", "end"
         self._state = "content"
         self._field = False  # the current multipart part is an override field

@@ -106,3 +106,17 @@ def test_memory_is_bounded_by_the_name_cap() -> None:
     with pytest.raises(errors.BadRequest):
         scan(URLENCODED, b"a" * (MAX_NAME + 1), 100)
     assert scan(URLENCODED, b"a=" + b"v" * 100_000, 4096) == frozenset()
+
+
+def test_the_media_type_ends_where_php_and_rack_end_it() -> None:
+    assert form_kind("application/x-www-form-urlencoded, text/plain") == "application/x-www-form-urlencoded"
+    assert form_kind(" multipart/form-data boundary=x") == "multipart/form-data"
+
+
+def test_a_multipart_type_with_two_boundaries_is_refused() -> None:
+    async def judge(methods: frozenset[str]) -> None:
+        pass
+
+    with pytest.raises(errors.BadRequest):
+        FormScan('multipart/form-data; boundary=a; boundary="b"', TOKENS, OVERRIDE, judge)
+    FormScan("multipart/form-data; boundary=a; BOUNDARY=a", TOKENS, OVERRIDE, judge)

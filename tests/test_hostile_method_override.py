@@ -140,3 +140,22 @@ def test_a_method_override_in_a_form_body_is_judged_before_the_app_gets_the_whol
     upstream.clear()
     r = request(sidecar.url, "POST", "/open/form", headers=[("Content-Type", ctype)], body=body("DELETE"))
     assert r.status == 401 and upstream.record == []
+
+
+def test_a_compressed_or_ambiguous_form_body_is_refused(sidecar: SidecarProcess, upstream: Upstream) -> None:
+    import gzip
+
+    cases = [
+        (
+            [("Content-Type", "application/x-www-form-urlencoded"), ("Content-Encoding", "gzip")],
+            gzip.compress(b"_method=DELETE"),
+        ),
+        ([("Content-Type", "multipart/form-data; boundary=a; boundary=b")], b"--b\r\n\r\n--b--\r\n"),
+    ]
+    for headers, body in cases:
+        upstream.clear()
+        r = request(sidecar.url, "POST", "/open/form", headers=headers, body=body)
+        assert (r.status, r.json()["reason"]) == (400, "bad_request") and upstream.record == []
+    upstream.clear()
+    headers = [("Content-Type", "application/x-www-form-urlencoded, text/plain")]
+    assert request(sidecar.url, "POST", "/open/form", headers=headers, body=b"_method=DELETE").status == 401
