@@ -27,11 +27,14 @@ from sidecar.config import Config
 from sidecar.cors import CorsPolicy
 from sidecar.decision import decision_app
 from sidecar.fetcher import ProviderKeys
-from sidecar.headers import GRACE_SUFFIX, HeaderPolicy, remove_token
+from sidecar.formbody import FormScan, check_encoding, content_type, form_kind
+from sidecar.headers import GRACE_SUFFIX, HeaderPolicy
 from sidecar.metrics import Metrics
+from sidecar.override import MethodOverride
 from sidecar.proxy import forward, upstream_session
 from sidecar.responses import reject, setup_logging
 from sidecar.rules import RuleSet, encode, normalise
+from sidecar.scrub import TokenForms
 from sidecar.token_cache import VerifiedToken
 from sidecar.verify import Verifier
 from sidecar.websocket import is_websocket, proxy_websocket
@@ -51,6 +54,8 @@ class Sidecar:
     verifier: Verifier
     cors: CorsPolicy
     headers: HeaderPolicy
+    forms: TokenForms
+    overrides: MethodOverride
     rules: RuleSet
     token_sources: tuple[str, ...]  # every provider's sources, each once
     grace_header: str
@@ -87,7 +92,9 @@ def build_state(cfg: Config, clock: Clock | None = None, metrics: Metrics | None
         keys=keys,
         verifier=Verifier(cfg, keys, clock, metrics, rules),
         cors=CorsPolicy(cfg.cors),
-        headers=HeaderPolicy(cfg.identity_header_prefix),
+        headers=HeaderPolicy.from_config(cfg),
+        forms=TokenForms.from_config(cfg),
+        overrides=MethodOverride(cfg.method_override_headers, cfg.method_override_params),
         rules=rules,
         token_sources=tuple(dict.fromkeys(src for p in cfg.providers for src in p.token_sources)),
         grace_header=cfg.identity_header_prefix + GRACE_SUFFIX,
@@ -121,13 +128,11 @@ async def handle(request: web.Request) -> web.StreamResponse:
         if not path.startswith("/"):
             raise errors.BadRequest("the request target must be an absolute path")
         canonical = normalise(path)
-        allowed = await authorize(s, request.method, canonical, request.headers, request.query)
+        also = s.overrides.methods(request.headers, query)
+        allowed = await authorize(s, request.method, canonical, request.headers, request.query, also)
         headers = s.headers.forwardable(request.headers)
-        if allowed.route.strip_authorization:
-            headers.popall("Authorization", None)
-        if allowed.drop_source:
-            dropped = s.token_sources if allowed.drop_source == "*" else (allowed.drop_source,)
-            query = remove_token(headers, query, dropped)
+        # the verified token, in the form it was read, is the only token form the app may see
+        query = s.forms.scrub(headers, query, None if allowed.route.strip_authorization else allowed.token_form)
         for name, value in allowed.identity:
             headers[name] = value
         _forwarded(request, headers)
@@ -138,8 +143,16 @@ async def handle(request: web.Request) -> web.StreamResponse:
         if is_websocket(request):
             expires_at = _expiry(s, allowed.verified) if cfg.websocket_close_on_expiry else None
             return await proxy_websocket(request, s.upstream, cfg.upstream + path_qs, headers, expires_at, s.clock, m)
+        scan = None
+        if request.body_exists and form_kind(ctype := content_type(request.headers)):
+
+            async def judge(more: frozenset[str]) -> None:
+                await authorize(s, request.method, canonical, request.headers, request.query, also | more)
+
+            check_encoding(request.headers)
+            scan = FormScan(ctype, s.forms.params, s.overrides, judge)
         return await forward(
-            request, s.upstream, cfg.upstream, path_qs, headers, cors_extra, cfg.limits.max_body_bytes, m
+            request, s.upstream, cfg.upstream, path_qs, headers, cors_extra, cfg.limits.max_body_bytes, m, scan
         )
     except errors.Rejection as r:
         if cfg.route_metrics and r.route:

@@ -24,7 +24,9 @@ class Allowed:
     route: Route
     identity: tuple[tuple[str, str], ...]  # headers for the app: claim headers and, in grace, the grace header
     verified: VerifiedToken | None
-    drop_source: str | None = None  # an optional token on a public path that did not verify: remove it
+    # the token that was verified and where it was read (`token_sources` syntax): the one token form that may
+    # reach the app; every other form is removed (scrub.py)
+    token_form: tuple[str, str] | None = None  # (source, token)
 
 
 def preflight(s: Sidecar, headers: CIMultiDictProxy[str]) -> tuple[tuple[str, str], ...]:
@@ -38,15 +40,37 @@ def preflight(s: Sidecar, headers: CIMultiDictProxy[str]) -> tuple[tuple[str, st
 
 
 async def authorize(
-    s: Sidecar, method: str, canonical: str | None, headers: CIMultiDictProxy[str], query: MultiMapping[str]
+    s: Sidecar,
+    method: str,
+    canonical: str | None,
+    headers: CIMultiDictProxy[str],
+    query: MultiMapping[str],
+    also: frozenset[str] = frozenset(),
 ) -> Allowed:
-    """Allowed, or raises the `Rejection` that says why not."""
+    """Allowed, or raises the `Rejection` that says why not. `also`: methods the app may act on instead
+    (method overrides); the request must satisfy the route of each."""
     route = s.rules.route(method, canonical)
+    for other in also - {method}:
+        route = _stricter(route, s.rules.route(other, canonical))
     try:
         return await _decide(s, route, headers, query, method)
     except errors.Rejection as r:
         r.route = route.name
         raise
+
+
+def _stricter(a: Route, b: Route) -> Route:
+    """One route holding a request to both: public only if both are, denied if either is."""
+    if a == b:
+        return a
+    return Route(
+        name=a.name,
+        public=a.public and b.public,
+        deny=a.deny or b.deny,
+        rules=tuple(dict.fromkeys((*a.rules, *b.rules))),
+        header_indices=a.header_indices,
+        strip_authorization=a.strip_authorization or b.strip_authorization,
+    )
 
 
 async def _decide(
@@ -57,24 +81,18 @@ async def _decide(
     if route.public:
         s.metrics.public_requests.inc()
         # A token on a public path is optional: verified, it adds identity; otherwise it never reaches the
-        # app, so an app can trust any token it does receive. (`Authorization: Basic` is not a token.)
+        # app (scrub.py removes every unverified form), so an app can trust any token it does receive.
         try:
             return await _with_token(s, route, headers, query)
-        except errors.MissingToken:
+        except errors.Rejection:
             return Allowed(route, (), None)
-        except errors.Rejection as r:
-            return Allowed(route, (), None, drop_source=r.source or "header")
     allowed = await _with_token(s, route, headers, query)
     s.metrics.auth_success.inc()
     return allowed
 
 
 async def _with_token(s: Sidecar, route: Route, headers: CIMultiDictProxy[str], query: MultiMapping[str]) -> Allowed:
-    try:
-        token, source = find_token(headers, query, s.token_sources, s.cfg.limits.max_token_bytes)
-    except errors.MultipleTokens as r:
-        r.source = "*"
-        raise
+    token, source = find_token(headers, query, s.token_sources, s.cfg.limits.max_token_bytes)
     try:
         return await _verified(s, route, token, source)
     except errors.Rejection as r:
@@ -106,4 +124,4 @@ async def _verified(s: Sidecar, route: Route, token: str, source: str) -> Allowe
     if grace is not None:
         s.metrics.grace_accepted.inc()
         identity = (*identity, (s.grace_header, str(int(grace))))
-    return Allowed(route, identity, verified)
+    return Allowed(route, identity, verified, (source, token))

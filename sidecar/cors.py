@@ -15,14 +15,17 @@ class CorsPolicy:
     def __init__(self, cfg: Cors) -> None:
         self.enabled = cfg.enabled
         self._any = "*" in cfg.origins
-        self._exact = frozenset(o.lower() for o in cfg.origins if "*" not in o)
+        # The Fetch standard compares origins byte for byte, and browsers send them serialised (lowercase scheme
+        # and host, no default port, no trailing slash): so does this policy. `HTTPS://App.example.com` is not
+        # `https://app.example.com`, and Access-Control-Allow-Origin only ever echoes a listed origin.
+        self._exact = frozenset(o for o in cfg.origins if "*" not in o)
         patterns = [o for o in cfg.origins if "*" in o and o != "*"]
-        # `*` stands for one or more DNS labels' worth of [a-z0-9-], never for `.`-free tricks like `evil.com#`
+        # `*.` stands for one or more whole lowercase DNS labels: `https://*.example.com` allows
+        # `https://a.b.example.com` (a host under example.com), never `https://example.com.evil.com`,
+        # `https://example.com`, another scheme or port, or `.`-free tricks like `evil.com#`.
         self._pattern = (
             re.compile(
-                "|".join(
-                    "(?:" + re.escape(p.lower()).replace(r"\*", r"[a-z0-9-]+(?:\.[a-z0-9-]+)*") + ")" for p in patterns
-                )
+                "|".join("(?:" + re.escape(p).replace(r"\*", r"[a-z0-9-]+(?:\.[a-z0-9-]+)*") + ")" for p in patterns)
             )
             if patterns
             else None
@@ -45,10 +48,9 @@ class CorsPolicy:
         )
 
     def allowed_origin(self, origin: str) -> bool:
-        o = origin.lower()
-        if self._any or o in self._exact:
+        if self._any or origin in self._exact:
             return True
-        return self._pattern is not None and self._pattern.fullmatch(o) is not None
+        return self._pattern is not None and self._pattern.fullmatch(origin) is not None
 
     def _allow_origin(self, origin: str) -> tuple[str, str]:
         return ("Access-Control-Allow-Origin", "*" if self._any and not self.credentials else origin)
@@ -59,8 +61,9 @@ class CorsPolicy:
 
     def preflight(self, headers: CIMultiDictProxy[str]) -> tuple[tuple[str, str], ...] | None:
         """Headers for a 204 answer, or None when origin, method or a requested header is not allowed."""
-        origin = headers["Origin"]
-        if not self.enabled or not self.allowed_origin(origin):
+        origins = headers.getall("Origin")
+        origin = origins[0]
+        if not self.enabled or len(origins) > 1 or not self.allowed_origin(origin):
             return None
         if headers["Access-Control-Request-Method"] not in self._methods:
             return None

@@ -132,7 +132,10 @@ def decision_app(state: Sidecar, key: web.AppKey[Sidecar]) -> web.Application:
             if not original.subrequest and s.cors.enabled and s.cors.is_preflight(original.method, request.headers):
                 return web.Response(status=204, headers=CIMultiDict(preflight(s, request.headers)))
             path, query = readings.single(original.method, original.target)
-            allowed = await authorize(s, original.method, path, request.headers, MultiDict(parse_qsl(query)))
+            # the gateway passes the client's headers on, so override headers and `_method` in the query are
+            # judged as in proxy mode; a form body's `_method` never reaches this listener (see gateways.md)
+            also = s.overrides.methods(request.headers, query)
+            allowed = await authorize(s, original.method, path, request.headers, MultiDict(parse_qsl(query)), also)
             out = CIMultiDict(allowed.identity)
             for name, value in cors_extra:
                 out.add(name, value)

@@ -20,6 +20,11 @@ BEARER = "header"
 _DEFAULT = (BEARER,)
 
 
+# `Bearer` followed by anything but a space: TAB, NBSP, `,`... Not a bearer token by RFC 9110 §11.4, yet an
+# app that splits on any whitespace reads one there: it is refused here and never forwarded (scrub.py).
+_BEARERISH = re.compile(r"\s*bearer(?![!#$%&'*+.^_`|~0-9a-z-])", re.IGNORECASE)
+
+
 def _bearer(values: list[str]) -> list[str]:
     found = []
     for value in values:
@@ -33,7 +38,9 @@ def _cookies(headers: CIMultiDictProxy[str], name: str) -> list[str]:
     found = []
     for header in headers.getall("Cookie", ()):
         for part in header.split(";"):
-            key, eq, value = part.strip().partition("=")
+            key, eq, value = part.partition("=")
+            # Starlette, Django, Go, Express and Werkzeug all trim the name and value: `session = x` is `session`
+            key, value = key.strip(), value.strip()
             if eq and key == name:
                 try:  # a quoted cookie value is unquoted the way browsers and frameworks read it
                     jar: SimpleCookie = SimpleCookie()
@@ -76,6 +83,8 @@ def find_token(
         raise MissingToken("tokens in the query string are not accepted here; use the Authorization header")
     if not found:
         if any(source == BEARER for source in sources) and "Authorization" in headers:
+            if _BEARERISH.match(headers["Authorization"]):
+                raise MissingToken("Authorization: Bearer must be followed by a space, then the token")
             raise MissingToken("Authorization scheme is not Bearer")
         raise MissingToken()
     if len(found) > 1:

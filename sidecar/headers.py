@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from urllib.parse import unquote_plus
+from typing import TYPE_CHECKING
 
 from multidict import CIMultiDict, CIMultiDictProxy
+
+if TYPE_CHECKING:
+    from sidecar.config import Config
 
 X_FORWARDED_FOR = "X-Forwarded-For"
 X_FORWARDED_PROTO = "X-Forwarded-Proto"
@@ -43,51 +46,86 @@ def identity_key(name: str) -> str:
     return name.lower().replace("_", "-")
 
 
+_SEEN = 4096  # header names remembered per classifier: clients send the same few names again and again
+
+
+class NameList:
+    """Header names and `*`-suffixed prefixes, matched after case and `_`/`-` folding."""
+
+    __slots__ = ("_exact", "_prefixes", "_seen")
+
+    def __init__(self, entries: tuple[str, ...] | list[str]) -> None:
+        self._exact = frozenset(identity_key(e) for e in entries if not e.endswith("*"))
+        self._prefixes = tuple(identity_key(e[:-1]) for e in entries if e.endswith("*"))
+        self._seen: dict[str, bool] = {}
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        hit = self._seen.get(name)
+        if hit is None:
+            key = identity_key(name)
+            hit = key in self._exact or key.startswith(self._prefixes)
+            if len(self._seen) >= _SEEN:
+                self._seen.clear()
+            self._seen[name] = hit
+        return hit
+
+
 class HeaderPolicy:
     """Which client headers are dropped before a request reaches the app. Built once from config."""
 
-    __slots__ = ("_prefix",)
+    __slots__ = ("_dropped", "_exempt", "_prefix", "_seen")
 
-    def __init__(self, identity_prefix: str) -> None:
+    def __init__(
+        self,
+        identity_prefix: str,
+        foreign_identity: tuple[str, ...] = (),
+        exempt: tuple[str, ...] = (),
+    ) -> None:
         self._prefix = identity_key(identity_prefix)
+        self._dropped = NameList(foreign_identity)
+        # a header the operator named as a token source is judged by the token rules, not dropped here
+        self._exempt = frozenset(h.lower() for h in exempt)
+        self._seen: dict[str, bool] = {}  # header name -> always dropped (whatever `Connection` says)
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> HeaderPolicy:
+        sources = {src for p in cfg.providers for src in p.token_sources}
+        return cls(
+            cfg.identity_header_prefix,
+            cfg.foreign_identity_headers,
+            exempt=tuple(src.partition(":")[2] for src in sources if src.startswith("header:")),
+        )
 
     def is_identity(self, name: str) -> bool:
         return identity_key(name).startswith(self._prefix)
 
     def forwardable(self, headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-        """The client's headers minus hop-by-hop, `Connection`-named and identity-namespace headers."""
+        """The client's headers minus hop-by-hop, `Connection`-named, identity-namespace and foreign identity
+        headers."""
         # `Connection` never removes what the sidecar sets, nor the token it just verified
-        drop = HOP_BY_HOP | (connection_named(headers) - _PROTECTED)
-        prefix = self._prefix
+        named = connection_named(headers) - _PROTECTED if "Connection" in headers else None
+        seen = self._seen
         out: CIMultiDict[str] = CIMultiDict()
         for name, value in headers.items():
-            low = name.lower()
-            if low in drop or low.replace("_", "-").startswith(prefix) or low == "host":
+            drop = seen.get(name)
+            if drop is None:
+                drop = self._always_dropped(name)
+                if len(seen) >= _SEEN:
+                    seen.clear()
+                seen[name] = drop
+            if drop or (named and name.lower() in named):
                 continue
             out.add(name, value)
         return out
 
-
-def remove_token(headers: CIMultiDict[str], query: str, sources: tuple[str, ...]) -> str:
-    """Remove a token from where it came (an optional token that did not verify); returns the new query."""
-    for source in sources:
-        kind, _, name = source.partition(":")
-        if source == "header":
-            headers.popall("Authorization", None)
-        elif kind == "header":
-            headers.popall(name, None)
-        elif kind == "cookie":
-            kept = [
-                part.strip()
-                for value in headers.popall("Cookie", ())
-                for part in value.split(";")
-                if part.strip() and part.strip().partition("=")[0] != name
-            ]
-            if kept:
-                headers["Cookie"] = "; ".join(kept)
-        elif kind == "query":
-            query = "&".join(p for p in query.split("&") if p and unquote_plus(p.partition("=")[0]) != name)
-    return query
+    def _always_dropped(self, name: str) -> bool:
+        low, key = name.lower(), identity_key(name)
+        # `Proxy_Authorization` is `HTTP_PROXY_AUTHORIZATION` to a CGI/WSGI app, like `Proxy-Authorization`
+        if key in HOP_BY_HOP or low == "host" or key.startswith(self._prefix):
+            return True
+        return low not in self._exempt and name in self._dropped
 
 
 def header_safe(value: str) -> str:

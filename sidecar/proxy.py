@@ -11,6 +11,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from sidecar import errors
+from sidecar.formbody import FormScan
 from sidecar.headers import HOP_BY_HOP, connection_named
 from sidecar.metrics import Metrics
 
@@ -33,19 +34,37 @@ class _Body:
     """The request body as a stream, cut off past `limit` (0: none). aiohttp wraps what a body generator
     raises in a client error, so the breach is remembered here and turned into a 413 by `forward`."""
 
-    __slots__ = ("exceeded", "limit", "request")
+    __slots__ = ("exceeded", "limit", "refused", "request", "scan")
 
-    def __init__(self, request: web.Request, limit: int) -> None:
+    def __init__(self, request: web.Request, limit: int, scan: FormScan | None = None) -> None:
         self.request, self.limit, self.exceeded = request, limit, False
+        self.scan = scan
+        self.refused: errors.Rejection | None = None
 
     async def chunks(self) -> AsyncIterator[bytes]:
         seen = 0
-        async for chunk in self.request.content.iter_chunked(_CHUNK):
-            seen += len(chunk)
-            if self.limit and seen > self.limit:
-                self.exceeded = True
-                raise errors.BodyTooLarge(f"body exceeds {self.limit} bytes")
-            yield chunk
+        scan = self.scan
+        held: bytes | None = None  # a form body's last chunk waits until the whole form has been judged
+        try:
+            async for chunk in self.request.content.iter_chunked(_CHUNK):
+                seen += len(chunk)
+                if self.limit and seen > self.limit:
+                    self.exceeded = True
+                    raise errors.BodyTooLarge(f"body exceeds {self.limit} bytes")
+                if scan is None:
+                    yield chunk
+                    continue
+                scan.feed(chunk)
+                if held is not None:
+                    yield held
+                held = chunk
+            if scan is not None:
+                await scan.finish()
+                if held is not None:
+                    yield held
+        except errors.Rejection as r:
+            self.refused = r
+            raise
 
 
 async def forward(
@@ -57,10 +76,11 @@ async def forward(
     extra: tuple[tuple[str, str], ...],
     max_body: int,
     metrics: Metrics,
+    scan: FormScan | None = None,
 ) -> web.StreamResponse:
     if max_body and request.content_length is not None and request.content_length > max_body:
         raise errors.BodyTooLarge(f"Content-Length {request.content_length} exceeds {max_body} bytes")
-    body = _Body(request, max_body) if request.body_exists else None
+    body = _Body(request, max_body, scan) if request.body_exists else None
     loop = asyncio.get_running_loop()
     started = loop.time()
     try:
@@ -101,6 +121,8 @@ async def forward(
     except Exception as e:
         if body is not None and body.exceeded:
             raise errors.BodyTooLarge(f"body exceeds {max_body} bytes") from None
+        if body is not None and body.refused is not None:
+            raise body.refused from None
         raise _classify(e, request, metrics) from None
 
 

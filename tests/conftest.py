@@ -155,3 +155,25 @@ async def make_sidecar(aiohttp_client: Any, upstream: Upstream) -> MakeSidecar:
         return InProc(client, admin, state, clock)
 
     return make
+
+
+# --- a real `sidecar run` from a config file ---------------------------------------------------------------
+
+
+def config_process(issuer: DevIssuer, upstream: Upstream, where: Any, **over: Any) -> SidecarProcess:
+    """A started `sidecar run --config FILE`: the usual test config (one provider, /public public, claim
+    headers, CORS for ORIGIN, one worker) with `over` merged in; `where` is a directory for the file."""
+    import yaml
+
+    raw: dict[str, Any] = {
+        "upstream": upstream.url,
+        "providers": [{"issuer": issuer.issuer, "audiences": [AUDIENCE], "jwks_url": f"{issuer.issuer}/jwks.json"}],
+        "leeway": 60,
+        "public_paths": ["/public"],
+        "claim_headers": {"X-Auth-Subject": "sub"},
+        "cors": {"origins": [ORIGIN]},
+        "workers": 1,
+    }
+    path = where / "sidecar.yaml"
+    path.write_text(yaml.safe_dump(_merge(raw, over)))
+    return SidecarProcess(["--config", str(path)]).start()

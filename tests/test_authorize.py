@@ -262,10 +262,14 @@ async def test_an_optional_token_on_a_public_path_that_fails_is_removed_from_its
     assert seen["Cookie"] == f"session={valid}" and seen["X-Auth-Subject"] == "carol"
 
 
-async def test_basic_credentials_on_a_public_path_are_left_for_the_app(
+async def test_basic_credentials_on_a_public_path_reach_the_app_only_when_their_scheme_is_passed_through(
     issuer: DevIssuer, upstream: Upstream, make_sidecar: MakeSidecar
 ) -> None:
+    # an app may read any scheme's credentials as a token (`auth.split(" ")[1]`): unverified ones are removed
     sc = await make_sidecar(issuer)
     upstream.clear()
+    assert (await call(sc, "/public/x", Authorization="Basic dXNlcjpwYXNz"))[0] == 200
+    assert "Authorization" not in dict(upstream.record[-1]["headers"])
+    sc = await make_sidecar(issuer, authorization_passthrough=["Basic"])
     assert (await call(sc, "/public/x", Authorization="Basic dXNlcjpwYXNz"))[0] == 200
     assert dict(upstream.record[-1]["headers"])["Authorization"] == "Basic dXNlcjpwYXNz"

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from sidecar.config import Cors
+from sidecar.config import ConfigError, Cors, load
 from sidecar.cors import CorsPolicy
 
 
@@ -76,3 +77,70 @@ def test_actual_responses_vary_on_origin_and_carry_credentials_when_configured()
     assert creds.actual("https://other.example") == (("Vary", "Origin"),)
     star = CorsPolicy(Cors(origins=("*",)))
     assert ("Access-Control-Allow-Origin", "*") in star.actual("https://any.example")
+
+
+def test_origins_compare_byte_for_byte_as_the_fetch_standard_does() -> None:
+    policy = CorsPolicy(Cors(origins=("https://app.example.com", "http://localhost:3000", "https://*.example.org")))
+    for good in (
+        "https://app.example.com",
+        "http://localhost:3000",
+        "https://a.example.org",
+        "https://a.b.example.org",
+    ):
+        assert policy.allowed_origin(good), good
+        assert dict(policy.actual(good))["Access-Control-Allow-Origin"] == good
+    for bad in (
+        "https://APP.example.com",
+        "HTTPS://app.example.com",
+        "https://app.example.com/",
+        "https://app.example.com:443",
+        "https://app.example.com.",
+        "https://app.example.com ",
+        " https://app.example.com",
+        "https://app.example.com, https://evil.com",
+        "http://localhost:3000/",
+        "http://localhost:03000",
+        "http://LOCALHOST:3000",
+        "https://A.example.org",
+        "https://a.EXAMPLE.org",
+        "https://example.org",
+        "https://.example.org",
+        "https://a.example.org:443",
+        "https://a.example.org.evil.com",
+        "https://evil.com/.example.org",
+        "https://evil.com?.example.org",
+        "https://evil.com#.example.org",
+        "https://evil.com@a.example.org",
+        "http://a.example.org",
+        "null",
+    ):
+        assert not policy.allowed_origin(bad), bad
+        assert policy.actual(bad) == (("Vary", "Origin"),), bad
+
+
+def test_a_preflight_with_two_origins_is_refused() -> None:
+    headers = CIMultiDict([("Origin", "https://app.example.com"), ("Origin", "https://evil.com")])
+    headers["Access-Control-Request-Method"] = "GET"
+    assert POLICY.preflight(CIMultiDictProxy(headers)) is None
+
+
+@pytest.mark.parametrize(
+    ("origin", "problem"),
+    [
+        ("https://App.example.com", "write 'https://app.example.com'"),
+        ("HTTPS://app.example.com", "not an origin"),
+        ("https://app.example.com:443", "write 'https://app.example.com'"),
+        ("http://localhost:80", "write 'http://localhost'"),
+        ("https://app-*.example.com", "leftmost label"),
+        ("https://*.*.example.com", "leftmost label"),
+        ("https://app.example.com/", "not an origin"),
+    ],
+)
+def test_configured_origins_must_be_what_a_browser_sends(origin: str, problem: str) -> None:
+    raw = {
+        "providers": [{"issuer": "https://idp", "audiences": ["a"], "jwks_url": "https://idp/jwks"}],
+        "cors": {"origins": ["https://ok.example.com", origin]},
+    }
+    with pytest.raises(ConfigError) as e:
+        load(raw)
+    assert e.value.path == "cors.origins[1]" and problem in e.value.problem

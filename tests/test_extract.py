@@ -6,7 +6,7 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
 from sidecar import errors
-from sidecar.extract import bearer_token
+from sidecar.extract import bearer_token, find_token
 
 NO_QUERY: MultiDictProxy[str] = MultiDictProxy(MultiDict())
 
@@ -44,3 +44,24 @@ def test_anything_but_one_bearer_token_gets_its_reason(
     with pytest.raises(errors.Rejection) as e:
         extract(*auth, query=query)
     assert e.value.reason == reason
+
+
+@pytest.mark.parametrize("value", ["Bearer\ta.b.c", "Bearer\xa0a.b.c", "bearer,a.b.c", "BEARER"])
+def test_bearer_without_a_space_before_the_token_is_no_token_and_says_so(value: str) -> None:
+    with pytest.raises(errors.Rejection) as e:
+        extract(value)
+    assert e.value.reason in ("missing_token", "malformed")
+    if e.value.reason == "missing_token":
+        assert "followed by a space" in (e.value.description or "")
+
+
+@pytest.mark.parametrize("cookie", ["session=a.b.c", "session =a.b.c", " session = a.b.c ", 'session="a.b.c"'])
+def test_the_cookie_name_is_trimmed_as_frameworks_trim_it(cookie: str) -> None:
+    headers = CIMultiDictProxy(CIMultiDict({"Cookie": f"theme=dark; {cookie}"}))
+    assert find_token(headers, NO_QUERY, ("cookie:session",), 8192) == ("a.b.c", "cookie:session")
+
+
+def test_two_trimmed_readings_of_the_token_cookie_are_two_tokens() -> None:
+    headers = CIMultiDictProxy(CIMultiDict({"Cookie": "session=a.b.c; session =d.e.f"}))
+    with pytest.raises(errors.MultipleTokens):
+        find_token(headers, NO_QUERY, ("cookie:session",), 8192)

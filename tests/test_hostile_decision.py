@@ -669,3 +669,36 @@ class TestPreflightsInDecisionMode:
         dom = chromium_dom(page.server.url + "/", tmp_path / "profile")
         # the preflight went to the sidecar, the token to the app, and nginx added the CORS headers
         assert "valid:200:Bearer eyJhbG" in dom, dom
+
+
+OVERRIDES = [
+    [("X-HTTP-Method-Override", "DELETE")],
+    [("x-http-method", "delete")],  # (nginx itself drops `_` spellings: ignore_invalid_headers)
+    [("X-Method-Override", "PATCH, DELETE")],
+]
+
+
+class TestMethodOverridesAreJudgedInDecisionMode:
+    """The gateway passes the client's headers to the app: a rule that denies DELETE holds for a POST that
+    an override header (or `_method` in the query) turns into a DELETE."""
+
+    @pytest.mark.parametrize("override", OVERRIDES, ids=lambda o: o[0][0])
+    def test_an_override_header_naming_a_denied_method_is_refused_behind_nginx(
+        self, gateway: dict[str, int], issuer: DevIssuer, upstream: Upstream, override: list[tuple[str, str]]
+    ) -> None:
+        upstream.clear()
+        token = bearer(issuer.mint())
+        assert send(gateway["strict"], b"/orders/1", [token], method=b"POST").status == 200
+        upstream.clear()
+        r = send(gateway["strict"], b"/orders/1", [token, *override], method=b"POST")
+        assert r.status == 403 and r.header("X-Auth-Reason"), (r.status, r.headers)
+        assert reached(upstream) == []
+
+    @pytest.mark.parametrize("query", ["?_method=DELETE", "?x=1&_method=delete", "?_method=DELETE;a=b"])
+    def test_method_in_the_query_naming_a_denied_method_is_refused_behind_nginx(
+        self, gateway: dict[str, int], issuer: DevIssuer, upstream: Upstream, query: str
+    ) -> None:
+        upstream.clear()
+        r = send(gateway["strict"], f"/orders/1{query}".encode(), [bearer(issuer.mint())], method=b"POST")
+        assert r.status == 403, (r.status, r.headers)
+        assert reached(upstream) == []

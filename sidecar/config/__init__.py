@@ -6,12 +6,25 @@ Decision, ConfigError, load, ASYMMETRIC_ALGS, HEADER_NAME, strings, rule_to_file
 """
 
 from sidecar.config.errors import ConfigError
-from sidecar.config.model import Config, Cors, Decision, Jwks, Limits, Provider, load, rule_to_file
+from sidecar.config.model import (
+    FOREIGN_IDENTITY_HEADERS,
+    METHOD_OVERRIDE_HEADERS,
+    Config,
+    Cors,
+    Decision,
+    Jwks,
+    Limits,
+    Provider,
+    load,
+    rule_to_file,
+)
 from sidecar.config.types import ASYMMETRIC_ALGS, HEADER_NAME, Cli, Hint, key, strings
 
 __all__ = [
     "ASYMMETRIC_ALGS",
+    "FOREIGN_IDENTITY_HEADERS",
     "HEADER_NAME",
+    "METHOD_OVERRIDE_HEADERS",
     "Cli",
     "Config",
     "ConfigError",

@@ -123,6 +123,11 @@ def _origin(v: Any) -> str:
     o = _text(v)
     if o != "*" and not re.match(r"^https?://[A-Za-z0-9.*-]+(:\d+)?$", o):
         fail(f"{o!r} is not an origin (scheme://host[:port], '*' allowed in host)")
+    if o != "*" and (serial := _serialised_origin(o)) != o:
+        # browsers send origins serialised and the Fetch standard compares them byte for byte
+        fail(f"{o!r} is never sent by a browser; write {serial!r}")
+    if "*" in o and o != "*" and (o.count("*") > 1 or "://*." not in o):
+        fail(f"{o!r}: '*' may only be the leftmost label, as https://*.example.com")
     return o
 
 
@@ -183,6 +188,93 @@ def _claim_pairs(v: Any) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+# Headers other auth proxies set for the app (oauth2-proxy, Authelia, Pomerium, Traefik forwardAuth setups,
+# Kong, Google IAP, AWS ALB, Cloudflare Access, Azure Easy Auth, Vouch, authentik, Envoy/Istio, the Kubernetes
+# front proxy, Apache/nginx mTLS). An app moved behind the sidecar may still trust them, so a client must never
+# be able to send them. A trailing `*` makes an entry a prefix. The `foreign_identity_headers` key replaces the list.
+FOREIGN_IDENTITY_HEADERS: tuple[str, ...] = (
+    "X-Forwarded-User",
+    "X-Forwarded-Email",
+    "X-Forwarded-Groups",
+    "X-Forwarded-Preferred-Username",
+    "X-Forwarded-Access-Token",
+    "X-Forwarded-Client-Cert",
+    "X-Auth-Request-*",
+    "Remote-User",
+    "Remote-Groups",
+    "Remote-Email",
+    "Remote-Name",
+    "X-Remote-*",
+    "X-User",
+    "X-User-Id",
+    "X-Email",
+    "X-Authenticated-*",
+    "X-Consumer-*",
+    "X-Credential-Identifier",
+    "X-Anonymous-Consumer",
+    "X-Userinfo",
+    "X-Id-Token",
+    "X-Jwt-Payload",
+    "X-Jwt-Assertion",
+    "X-Pomerium-*",
+    "X-Goog-Authenticated-*",
+    "X-Goog-Iap-Jwt-Assertion",
+    "X-Amzn-Oidc-*",
+    "Cf-Access-*",
+    "X-Ms-Client-Principal*",
+    "X-Ms-Token-*",
+    "X-Vouch-*",
+    "X-Authentik-*",
+    "X-Ssl-Client-*",
+    "X-Client-Cert*",
+    "X-Client-Verify",
+    "X-Client-Dn",
+)
+# Headers that make many frameworks (Rack, Laravel, Symfony, Express method-override, ASP.NET Core, Spring
+# setups) treat a POST as another method: a request is judged under every method they name (override.py).
+METHOD_OVERRIDE_HEADERS: tuple[str, ...] = ("X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override")
+
+
+def _header_or_prefix(v: Any) -> str:
+    """A header name; a trailing `*` makes it a prefix (at least three characters before it)."""
+    from sidecar.config.types import HEADER_NAME
+
+    name = _text(v)
+    base = name[:-1] if name.endswith("*") else name
+    if not HEADER_NAME.match(base) or "*" in base or (name.endswith("*") and len(base) < 3):
+        fail(f"{name!r} is not a header name or a prefix like X-Auth-Request-*")
+    if base.lower().replace("_", "-") in ("authorization", "cookie", "host"):
+        fail(f"{name!r}: this header is judged by the token rules, not dropped")
+    return name
+
+
+def _param_name(v: Any) -> str:
+    name = _text(v)
+    if not name or any(c in name for c in "&;=# "):
+        fail(f"{name!r} is not a query parameter name")
+    return name
+
+
+def _auth_scheme(v: Any) -> str:
+    from sidecar.config.types import HEADER_NAME
+
+    scheme = _text(v)
+    if not HEADER_NAME.match(scheme):
+        fail(f"{scheme!r} is not an auth scheme (a token, like Basic)")
+    if scheme.lower() == "bearer":
+        fail("Bearer tokens are always verified; they never pass unverified")
+    return scheme
+
+
+def _serialised_origin(origin: str) -> str:
+    """An origin as a browser serialises it: lowercase scheme and host, no default port."""
+    scheme, _, rest = origin.partition("://")
+    host, colon, port = rest.partition(":")
+    default = {"http": "80", "https": "443"}.get(scheme.lower())
+    port = str(int(port)) if colon and port else ""
+    return f"{scheme.lower()}://{host.lower()}" + (f":{port}" if port and port != default else "")
+
+
 def _admin_host(v: Any) -> str:
     host = _text(v).lower().strip("[]")
     if not re.fullmatch(r"[a-z0-9.:-]+", host) or host.count(":") == 1:
@@ -190,6 +282,9 @@ def _admin_host(v: Any) -> str:
     return host
 
 
+HeaderOrPrefix = Annotated[str, BeforeValidator(_header_or_prefix), WithJsonSchema({"type": "string", "minLength": 1})]
+ParamName = Annotated[str, BeforeValidator(_param_name), WithJsonSchema({"type": "string", "minLength": 1})]
+AuthScheme = Annotated[str, BeforeValidator(_auth_scheme), WithJsonSchema({"type": "string", "minLength": 1})]
 AdminHost = Annotated[str, BeforeValidator(_admin_host), WithJsonSchema({"type": "string", "minLength": 1})]
 Algorithm = Annotated[str, BeforeValidator(_algorithm), _ref("Algorithm")]
 Origin = Annotated[str, BeforeValidator(_origin), WithJsonSchema({"type": "string", "minLength": 1})]
@@ -481,7 +576,20 @@ class Config:
     identity_header_prefix: Annotated[
         HeaderName, WithJsonSchema({"allOf": [{"x-type": "HeaderName"}, {"minLength": 3}]})
     ] = key("X-Auth-", "the sidecar's header namespace; client-sent headers in it are always dropped", min_length=3)
-    strip_authorization: Boolish = key(False, "true: the app never sees the token")
+    strip_authorization: Boolish = key(False, "true: the app never sees the token, from whichever source it came")
+    authorization_passthrough: Annotated[tuple[AuthScheme, ...], BeforeValidator(_list), _ref("StringList")] = key(
+        (), "Authorization schemes (e.g. Basic) forwarded unverified; any other unverified Authorization is removed"
+    )
+    foreign_identity_headers: Annotated[tuple[HeaderOrPrefix, ...], BeforeValidator(_list), _ref("StringList")] = key(
+        FOREIGN_IDENTITY_HEADERS,
+        "other auth proxies' identity headers, dropped from every request (any case, _ or -; `*` ends a prefix)",
+    )
+    method_override_headers: Annotated[tuple[HeaderOrPrefix, ...], BeforeValidator(_list), _ref("StringList")] = key(
+        METHOD_OVERRIDE_HEADERS, "a request is also judged under every method these headers name"
+    )
+    method_override_params: Annotated[tuple[ParamName, ...], BeforeValidator(_list), _ref("StringList")] = key(
+        ("_method",), "query and form-body parameters judged the same way"
+    )
     realm: Text = key("sidecar", "the realm in WWW-Authenticate")
     token_cache_size: WholeNumber = key(
         100_000, "verified tokens remembered (by SHA-256 digest); 0 turns the cache off"
