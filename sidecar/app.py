@@ -12,7 +12,7 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -20,14 +20,18 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from sidecar import errors
-from sidecar.admin import admin_app, apply_action
+from sidecar.admin import admin_app
 from sidecar.authorize import authorize, preflight
-from sidecar.clock import Clock, SystemClock
+from sidecar.clock import Clock, OffsetClock, clock_from_environment
 from sidecar.config import Config
 from sidecar.cors import CorsPolicy
 from sidecar.decision import decision_app
-from sidecar.fetcher import ProviderKeys
 from sidecar.headers import GRACE_SUFFIX, HeaderPolicy, remove_token
+from sidecar.keys.channel import LocalChannel, SocketChannel, line_limit
+from sidecar.keys.hub import KeyHub
+from sidecar.keys.process import run_keys_process, socket_path
+from sidecar.keys.state import StateFile
+from sidecar.keys.view import KeyView
 from sidecar.metrics import Metrics
 from sidecar.proxy import forward, upstream_session
 from sidecar.responses import reject, setup_logging
@@ -35,7 +39,7 @@ from sidecar.rules import RuleSet, encode, normalise
 from sidecar.token_cache import VerifiedToken
 from sidecar.verify import Verifier
 from sidecar.websocket import is_websocket, proxy_websocket
-from sidecar.workers import SharedActions, run_workers
+from sidecar.workers import run_workers
 
 log = logging.getLogger("sidecar")
 
@@ -47,7 +51,8 @@ class Sidecar:
     cfg: Config
     clock: Clock
     metrics: Metrics
-    keys: list[ProviderKeys]
+    keys: list[KeyView]  # the pod's key state, as this worker sees it
+    channel: LocalChannel | SocketChannel  # to the pod's fetchers: in this process, or the keys process
     verifier: Verifier
     cors: CorsPolicy
     headers: HeaderPolicy
@@ -55,7 +60,6 @@ class Sidecar:
     token_sources: tuple[str, ...]  # every provider's sources, each once
     grace_header: str
     draining: bool = False
-    shared: SharedActions | None = None  # set when several workers share the port
     upstream: aiohttp.ClientSession | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -75,16 +79,32 @@ STATE = web.AppKey("sidecar", Sidecar)
 PARSER_CEILING = 1 << 17
 
 
-def build_state(cfg: Config, clock: Clock | None = None, metrics: Metrics | None = None) -> Sidecar:
-    clock = clock or SystemClock()
+def build_state(
+    cfg: Config, clock: Clock | None = None, metrics: Metrics | None = None, shared: str | None = None
+) -> Sidecar:
+    """One worker's state. Alone (`shared` None) it runs the fetchers itself; one of several reads the key
+    state the keys process published (at once, from the state file) and follows it over the socket."""
+    clock = clock or clock_from_environment()
     metrics = metrics or Metrics()
-    keys = [ProviderKeys(p, cfg.jwks, clock, metrics, None) for p in cfg.providers]
+    keys = [KeyView(p, cfg.jwks, clock, metrics) for p in cfg.providers]
+    channel: LocalChannel | SocketChannel
+    if shared is None:
+        channel = LocalChannel(KeyHub(cfg, clock, metrics), keys)
+    else:
+        ask_timeout = 2 * cfg.jwks.fetch_timeout + 1  # discovery and JWKS, each bounded by fetch_timeout
+        channel = SocketChannel(socket_path(shared), keys, ask_timeout, line_limit(cfg.jwks.max_bytes))
+        for state in StateFile(shared).read().values():
+            channel.install(state)
+    for view in keys:
+        view.update_gauges()  # every key series has its sample from the start, in every process
     rules = RuleSet(cfg)
+    metrics.routes([r.name for r in cfg.rules] if cfg.route_metrics else [])
     return Sidecar(
         cfg=cfg,
         clock=clock,
         metrics=metrics,
         keys=keys,
+        channel=channel,
         verifier=Verifier(cfg, keys, clock, metrics, rules),
         cors=CorsPolicy(cfg.cors),
         headers=HeaderPolicy(cfg.identity_header_prefix),
@@ -173,23 +193,15 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     s = app[STATE]
     lim = s.cfg.limits
     s.upstream = upstream_session(lim.upstream_connect_timeout, lim.upstream_timeout)
-    jwks_session = aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(total=s.cfg.jwks.fetch_timeout), headers={"User-Agent": "jwt-sidecar"}
-    )
-    for pk in s.keys:
-        pk.session = jwks_session
-        s.tasks.append(asyncio.create_task(pk.keep_fresh(), name=f"jwks:{pk.provider.name}"))
+    await s.channel.start()
     s.tasks.append(asyncio.create_task(_gauges(s), name="gauges"))
-    if s.shared is not None:
-        shared = s.shared
-        s.tasks.append(asyncio.create_task(shared.follow(lambda a: apply_action(s, a)), name="admin-actions"))
     yield
     for t in s.tasks:
         t.cancel()
     await asyncio.gather(*s.tasks, return_exceptions=True)
     s.tasks.clear()
+    await s.channel.close()
     await s.upstream.close()
-    await jwks_session.close()
 
 
 async def _gauges(s: Sidecar) -> None:
@@ -212,7 +224,12 @@ def _split(hostport: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def run_until_signal(state: Sidecar, stop: asyncio.Event | None = None, reuse_port: bool = False) -> None:
+async def run_until_signal(
+    state: Sidecar,
+    stop: asyncio.Event | None = None,
+    reuse_port: bool = False,
+    started: Callable[[], None] = lambda: None,
+) -> None:
     """Serve until SIGTERM/SIGINT (or `stop`), then drain: not ready at once, stop accepting, finish in flight."""
     cfg = state.cfg
     stop = stop or asyncio.Event()
@@ -250,6 +267,7 @@ async def run_until_signal(state: Sidecar, stop: asyncio.Event | None = None, re
         d_host, d_port = _split(cfg.decision.listen)
         await web.TCPSite(decision_runner, d_host, d_port, reuse_address=True, reuse_port=reuse_port).start()
     log.info("listening", extra={"listen": cfg.listen, "admin": cfg.admin_listen, "upstream": cfg.upstream})
+    started()
     # Everything built so far lives as long as the process: keep the collector from rescanning it, and
     # collect the young generation less often (requests make short-lived, acyclic garbage).
     gc.freeze()
@@ -273,18 +291,25 @@ def use_uvloop() -> None:
         pass
 
 
-def _serve_one(cfg: Config, shared: str | None) -> int:
+def _serve_one(cfg: Config, shared: str | None, started: Callable[[], None] = lambda: None) -> int:
     use_uvloop()
-    state = build_state(cfg)
-    state.shared = SharedActions(shared) if shared else None
-    asyncio.run(run_until_signal(state, reuse_port=shared is not None))
+    state = build_state(cfg, shared=shared)
+    asyncio.run(run_until_signal(state, reuse_port=shared is not None, started=started))
     return 0
 
 
 def serve(cfg: Config, workers: int = 1, shared: str | None = None) -> int:
-    """Run the sidecar: one process, or `workers` processes sharing the port and the `shared` directory."""
+    """Run the sidecar: one process, or `workers` processes sharing the port and the `shared` directory,
+    with the pod's fetchers in one keys process beside them."""
     setup_logging(cfg.log_level)
+    if isinstance(clock_from_environment(), OffsetClock):
+        log.warning("test clock in use (SIDECAR_TEST_CLOCK_FILE): never set this outside tests")
     if workers == 1 or shared is None:
         return _serve_one(cfg, None)
     log.info("starting workers", extra={"workers": workers})
-    return run_workers(workers, shared, lambda: _serve_one(cfg, shared))
+    return run_workers(
+        workers,
+        shared,
+        lambda started: _serve_one(cfg, shared, started),
+        lambda started: run_keys_process(cfg, shared, started),
+    )

@@ -176,3 +176,25 @@ class KeySet:
             if until > now
         ]
         return out
+
+    # --- one key set for a pod: the fetcher's set is exported, each worker restores the same set ------
+
+    def export(self) -> tuple[list[str | None], dict[str | None, float], list[str]]:
+        """Current kids, retired kids with the monotonic time their trust ends, revoked kids."""
+        return list(self._current), {k: until for k, (_, until) in self._retired.items()}, sorted(self._revoked)
+
+    @classmethod
+    def restore(
+        cls,
+        retention: float,
+        current: dict[str | None, Key],
+        retired: dict[str | None, tuple[Key, float]],
+        revoked: frozenset[str],
+    ) -> KeySet:
+        ks = cls(retention, revoked)
+        ks._current = {k: v for k, v in current.items() if k not in revoked}
+        ks._retired = {k: v for k, v in retired.items() if k not in revoked}
+        return ks
+
+    def trusted_kids(self, now: float) -> set[str | None]:
+        return set(self._current) | {k for k, (_, until) in self._retired.items() if until > now}

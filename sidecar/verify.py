@@ -19,8 +19,8 @@ from jwt import exceptions as jex
 from sidecar import errors
 from sidecar.clock import Clock
 from sidecar.config import Config, Provider
-from sidecar.fetcher import ProviderKeys
 from sidecar.headers import header_safe
+from sidecar.keys.view import KeyView
 from sidecar.metrics import Metrics
 from sidecar.rules import RuleSet, claim_value
 from sidecar.token_cache import TokenCache, VerifiedToken
@@ -68,7 +68,7 @@ def render(value: Any) -> str | None:
 
 
 class Verifier:
-    def __init__(self, cfg: Config, keys: list[ProviderKeys], clock: Clock, metrics: Metrics, rules: RuleSet) -> None:
+    def __init__(self, cfg: Config, keys: list[KeyView], clock: Clock, metrics: Metrics, rules: RuleSet) -> None:
         self.cfg = cfg
         self.keys = keys
         self.clock = clock
@@ -77,7 +77,7 @@ class Verifier:
         self._claim_paths = tuple(claim for _, claim in cfg.all_claim_headers)
         self.cache = TokenCache(cfg.token_cache_size, len(self._claim_paths), cfg.token_cache_max_bytes)
         for index, pk in enumerate(keys):
-            pk.keys.on_drop = functools.partial(self.cache.forget_kid, index)
+            pk.on_drop = functools.partial(self.cache.forget_kid, index)
         self.leeway = cfg.leeway
         self.grace = cfg.expired_grace
         self._by_issuer = {p.issuer: i for i, p in enumerate(cfg.providers)}

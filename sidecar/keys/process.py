@@ -1,0 +1,70 @@
+"""The keys process: with several workers, the pod's fetchers run here, once, forked by the supervisor.
+
+It resumes from the state file (a restart costs no fetch), serves the workers' channel, and exits on
+SIGTERM once the supervisor has stopped the workers. It exports counters only: see `_counters_only`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+from sidecar.clock import Clock, OffsetClock, clock_from_environment
+from sidecar.config import Config
+from sidecar.keys.channel import HubServer, line_limit
+from sidecar.keys.hub import KeyHub
+from sidecar.keys.state import StateFile
+from sidecar.metrics import Metrics
+
+log = logging.getLogger("sidecar.keys")
+SOCKET_NAME = "keys.sock"
+# The test clock of a pod can jump; the fetcher then looks at its schedule this often (real seconds).
+_TEST_CLOCK_RECHECK = 0.2
+
+
+def socket_path(shared: str) -> str:
+    return str(Path(shared) / SOCKET_NAME)
+
+
+def _counters_only() -> Metrics:
+    """This process's metrics. In multiprocess mode every process that creates an unlabelled gauge counts
+    as live in its aggregation, and a 0 from here would pull `sidecar_ready` (livemin) to 0: drop this
+    process's gauge files at once. It only ever counts fetches, ignored keys and refetches."""
+    metrics = Metrics()
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+    return metrics
+
+
+def run_keys_process(cfg: Config, shared: str, started: Callable[[], None], clock: Clock | None = None) -> int:
+    clock = clock or clock_from_environment()
+    asyncio.run(_serve(cfg, shared, started, clock))
+    return 0
+
+
+async def _serve(cfg: Config, shared: str, started: Callable[[], None], clock: Clock) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    hub = KeyHub(cfg, clock, _counters_only(), _TEST_CLOCK_RECHECK if isinstance(clock, OffsetClock) else None)
+    state_file = StateFile(shared)
+    hub.resume(state_file.read())
+    server = HubServer(hub, socket_path(shared), state_file, line_limit(cfg.jwks.max_bytes))
+    await server.start()
+    started()
+    await hub.start()
+    log.info("keys process serving", extra={"providers": [p.name for p in cfg.providers]})
+    try:
+        await stop.wait()
+    finally:
+        await server.close()
+        await hub.close()
