@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -266,7 +267,10 @@ async def run_until_signal(
         await decision_runner.setup()
         d_host, d_port = _split(cfg.decision.listen)
         await web.TCPSite(decision_runner, d_host, d_port, reuse_address=True, reuse_port=reuse_port).start()
-    log.info("listening", extra={"listen": cfg.listen, "admin": cfg.admin_listen, "upstream": cfg.upstream})
+    log.info(
+        "listening",
+        extra={"listen": cfg.listen, "admin": cfg.admin_listen, "upstream": cfg.upstream, "pid": os.getpid()},
+    )
     started()
     # Everything built so far lives as long as the process: keep the collector from rescanning it, and
     # collect the young generation less often (requests make short-lived, acyclic garbage).

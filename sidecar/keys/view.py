@@ -113,10 +113,11 @@ class KeyView:
             self._asking = asyncio.ensure_future(self._ask_refetch())
             self._asking.add_done_callback(self._asked)
         until = await asyncio.shield(self._asking)
+        if self.trusted(kid):
+            return True  # suppressed or not: a fetch another worker asked for may have brought the key
         if until is not None:
             self.metrics.jwks_refetches.labels(self.provider.name, "suppressed").inc()
-            return False
-        return self.trusted(kid)
+        return False
 
     async def _ask_refetch(self) -> float | None:
         assert self.ask is not None
@@ -163,10 +164,8 @@ class KeyView:
         m.jwks_stale.labels(name).set(self.stale_seconds())
         m.jwks_keys.labels(name).set(len(self.keys))
         m.clock_skew.labels(name).set(st.skew or 0)
-        if st.fetched_wall is not None:
-            m.jwks_last_success.labels(name).set(st.fetched_wall)
-        if st.changed_wall is not None:
-            m.jwks_last_change.labels(name).set(st.changed_wall)
+        m.jwks_last_success.labels(name).set(st.fetched_wall or 0)  # 0: never (the series exists from start)
+        m.jwks_last_change.labels(name).set(st.changed_wall or 0)
 
     def describe(self) -> dict[str, Any]:
         now = self.clock.monotonic()
