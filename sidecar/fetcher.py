@@ -206,6 +206,7 @@ class ProviderKeys:
                 if not self._deferred:
                     self._deferred = True
                     self._wake.set()
+                    self._changed()  # kept in the published state: a restarted fetcher still owes it
                 return self._last_refetch + self.cfg.refetch_cooldown
             self._start_refetch(now)
         assert self._inflight is not None
