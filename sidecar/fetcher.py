@@ -69,7 +69,6 @@ class ProviderKeys:
         self._next_refresh_at = 0.0  # monotonic; set after every refresh attempt (with jitter)
         self._wake = asyncio.Event()
         self._allowed = frozenset(provider.algorithms)
-        metrics.provider(provider.name)
 
     # --- the published state ------------------------------------------------------------------------
 

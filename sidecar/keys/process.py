@@ -1,7 +1,7 @@
 """The keys process: with several workers, the pod's fetchers run here, once, forked by the supervisor.
 
 It resumes from the state file (a restart costs no fetch), serves the workers' channel, and exits on
-SIGTERM once the supervisor has stopped the workers. It exports counters only: see `_counters_only`.
+SIGTERM once the supervisor has stopped the workers. It exports counters only: see `_no_gauges`.
 """
 
 from __future__ import annotations
@@ -31,16 +31,15 @@ def socket_path(shared: str) -> str:
     return str(Path(shared) / SOCKET_NAME)
 
 
-def _counters_only() -> Metrics:
-    """This process's metrics. In multiprocess mode every process that creates an unlabelled gauge counts
-    as live in its aggregation, and a 0 from here would pull `sidecar_ready` (livemin) to 0: drop this
-    process's gauge files at once. It only ever counts fetches, ignored keys and refetches."""
-    metrics = Metrics()
+def _no_gauges() -> None:
+    """In multiprocess mode every process that created a gauge counts in its aggregation, and the zeros
+    `Metrics()` creates here would pull `sidecar_ready` (livemin) to 0. This process only counts (fetches,
+    ignored keys, refetches; the workers export every gauge from the published state), so its gauge files
+    go at once, as if it had died."""
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
-    return metrics
 
 
 def run_keys_process(cfg: Config, shared: str, started: Callable[[], None], clock: Clock | None = None) -> int:
@@ -55,7 +54,8 @@ async def _serve(cfg: Config, shared: str, started: Callable[[], None], clock: C
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    hub = KeyHub(cfg, clock, _counters_only(), _TEST_CLOCK_RECHECK if isinstance(clock, OffsetClock) else None)
+    hub = KeyHub(cfg, clock, Metrics(), _TEST_CLOCK_RECHECK if isinstance(clock, OffsetClock) else None)
+    _no_gauges()
     state_file = StateFile(shared)
     hub.resume(state_file.read())
     server = HubServer(hub, socket_path(shared), state_file, line_limit(cfg.jwks.max_bytes))
