@@ -59,20 +59,18 @@ class OffsetClock:
     the sidecar logs a warning when it is in use. The test replaces the file atomically (write + rename).
     """
 
-    __slots__ = ("_mtime", "_offset", "path")
+    __slots__ = ("_offset", "path")
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._mtime = -1
         self._offset = 0.0
 
     def offset(self) -> float:
+        # Read on every call: a file's mtime is too coarse to tell two quick writes apart, and this is
+        # only ever used by tests.
         try:
-            mtime = os.stat(self.path).st_mtime_ns
-            if mtime != self._mtime:
-                with open(self.path, encoding="ascii") as f:
-                    self._offset = float(f.read().strip() or 0)
-                self._mtime = mtime
+            with open(self.path, encoding="ascii") as f:
+                self._offset = float(f.read().strip() or 0)
         except (OSError, ValueError):
             pass  # keep the last offset read
         return self._offset
