@@ -191,3 +191,20 @@ def test_a_state_survives_its_json_form() -> None:
         deferred=True,
     )
     assert KeyState.from_json(state.to_json()) == state
+
+
+async def test_the_keys_process_exits_to_be_restarted_when_a_refresher_stops(
+    fresh_issuer: DevIssuer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sidecar.fetcher import ProviderKeys
+    from sidecar.keys.process import _serve
+
+    async def broken(self: ProviderKeys, recheck: float | None = None) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(ProviderKeys, "keep_fresh", broken)
+    served: list[bool] = []
+    code = await asyncio.wait_for(
+        _serve(config(fresh_issuer), str(tmp_path), lambda: served.append(True), FakeClock()), 10
+    )
+    assert code == 1 and served == [True]

@@ -101,7 +101,7 @@ class SocketChannel:
                 while line := await reader.readline():
                     self._receive(json.loads(line))
                     self.connected.set()
-            except (OSError, ValueError) as e:
+            except (OSError, ValueError, KeyError, TypeError) as e:  # a broken line or socket: start afresh
                 log.warning("keys channel broken; reconnecting", extra={"error": str(e)[:200]})
             finally:
                 self._writer = None
@@ -193,5 +193,8 @@ class HubServer:
             answer = await self.hub.ask(str(msg["provider"]), str(msg["op"]), msg.get("kid"))
         except (KeyError, TypeError) as e:
             answer = {"error": f"bad ask: {e}"}
+        except Exception as e:  # a bug must not leave the asking request waiting for its timeout
+            log.exception("answering a worker's ask failed")
+            answer = {"error": f"{e.__class__.__name__} in the keys process"}
         if not writer.is_closing():
             writer.write(_encode({"reply": msg.get("ask"), **answer}))

@@ -26,7 +26,7 @@ class KeyHub:
         self._subscribers: list[Callable[[KeyState], object]] = []
         self._recheck = recheck
         self._session: aiohttp.ClientSession | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self.tasks: list[asyncio.Task[None]] = []  # one refresher per provider; none ever returns
 
     def subscribe(self, deliver: Callable[[KeyState], object]) -> None:
         self._subscribers.append(deliver)
@@ -53,7 +53,7 @@ class KeyHub:
             return {"suppressed_until": await f.refetch()}
         if op == "refresh":
             return {"ok": await f.refresh()}
-        if op == "revoke" and kid is not None:
+        if op == "revoke" and isinstance(kid, str):
             return {"was_trusted": f.revoke(kid)}
         return {"error": f"unknown ask {op!r}"}
 
@@ -63,12 +63,12 @@ class KeyHub:
         )
         for f in self.fetchers:
             f.session = self._session
-            self._tasks.append(asyncio.create_task(f.keep_fresh(self._recheck), name=f"jwks:{f.provider.name}"))
+            self.tasks.append(asyncio.create_task(f.keep_fresh(self._recheck), name=f"jwks:{f.provider.name}"))
 
     async def close(self) -> None:
-        for t in self._tasks:
+        for t in self.tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.tasks.clear()
         if self._session is not None:
             await self._session.close()

@@ -44,11 +44,10 @@ def _no_gauges() -> None:
 
 def run_keys_process(cfg: Config, shared: str, started: Callable[[], None], clock: Clock | None = None) -> int:
     clock = clock or clock_from_environment()
-    asyncio.run(_serve(cfg, shared, started, clock))
-    return 0
+    return asyncio.run(_serve(cfg, shared, started, clock))
 
 
-async def _serve(cfg: Config, shared: str, started: Callable[[], None], clock: Clock) -> None:
+async def _serve(cfg: Config, shared: str, started: Callable[[], None], clock: Clock) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -63,8 +62,17 @@ async def _serve(cfg: Config, shared: str, started: Callable[[], None], clock: C
     started()
     await hub.start()
     log.info("keys process serving", extra={"providers": [p.name for p in cfg.providers]})
+    stopping = asyncio.create_task(stop.wait())
     try:
-        await stop.wait()
+        await asyncio.wait([stopping, *hub.tasks], return_when=asyncio.FIRST_COMPLETED)
+        if not stop.is_set():
+            # A refresher stopped (a bug): exit, and the supervisor starts a keys process that resumes the
+            # published state, rather than keep serving keys nobody refreshes.
+            failed = next(t for t in hub.tasks if t.done())
+            log.error("a key refresher stopped; exiting to be restarted", exc_info=failed.exception())
+            return 1
+        return 0
     finally:
+        stopping.cancel()
         await server.close()
         await hub.close()
