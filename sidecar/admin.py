@@ -108,16 +108,16 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 
 async def apply_action(s: Sidecar, action: dict[str, Any]) -> dict[str, Any]:
-    """Refresh or revoke, in this process. Called directly, or by the follower of the shared action file."""
+    """Refresh or revoke, once for the pod, by its fetcher. Every worker gets the resulting key state (this
+    one before the answer, the others within milliseconds) and drops the cached tokens of a revoked key."""
     index = next(i for i, pk in enumerate(s.keys) if pk.provider.name == action["provider"])
     pk = s.keys[index]
     if action["action"] == "refresh":
-        ok = await pk.refresh()
-        return {"ok": ok, "refreshed": ok, **pk.describe()}
+        return await pk.refresh()
     kid = action["kid"]
-    found, purged = s.verifier.revoke(index, kid)  # kid or RFC 7638 thumbprint
-    log.warning("key revoked by admin", extra={"provider": pk.provider.name, "kid": kid[:64]})
-    return {"revoked": kid, "was_trusted": found, "cached_tokens_dropped": purged}
+    purged = s.verifier.forget(index, kid)  # kid or RFC 7638 thumbprint; the new state drops them everywhere
+    result = await pk.revoke(kid)
+    return {"revoked": kid, **result, "cached_tokens_dropped": purged, "ok": "error" not in result}
 
 
 def admin_app(state: Sidecar, key: web.AppKey[Sidecar]) -> web.Application:
@@ -178,9 +178,6 @@ def admin_app(state: Sidecar, key: web.AppKey[Sidecar]) -> web.Application:
 
     async def act(request: web.Request, action: dict[str, Any]) -> web.Response:
         s = request.app[key]
-        if s.shared is not None:  # every worker applies it, this one included, within a fraction of a second
-            s.shared.publish(action)
-            return _json({"queued_for_all_workers": action}, 202)
         result = await apply_action(s, action)
         return _json(result, 200 if result.get("ok", True) else 502)
 

@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -20,15 +21,19 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from sidecar import errors
-from sidecar.admin import admin_app, apply_action
+from sidecar.admin import admin_app
 from sidecar.authorize import authorize, preflight
-from sidecar.clock import Clock, SystemClock
+from sidecar.clock import Clock, OffsetClock, clock_from_environment
 from sidecar.config import Config
 from sidecar.cors import CorsPolicy
 from sidecar.decision import decision_app
-from sidecar.fetcher import ProviderKeys
 from sidecar.formbody import FormScan, check_encoding, content_type, form_kind
 from sidecar.headers import GRACE_SUFFIX, HeaderPolicy
+from sidecar.keys.channel import LocalChannel, SocketChannel, line_limit
+from sidecar.keys.hub import KeyHub
+from sidecar.keys.process import run_keys_process, socket_path
+from sidecar.keys.state import StateFile
+from sidecar.keys.view import KeyView
 from sidecar.metrics import Metrics
 from sidecar.override import MethodOverride
 from sidecar.proxy import forward, upstream_session
@@ -38,7 +43,7 @@ from sidecar.scrub import TokenForms
 from sidecar.token_cache import VerifiedToken
 from sidecar.verify import Verifier
 from sidecar.websocket import is_websocket, proxy_websocket
-from sidecar.workers import SharedActions, run_workers
+from sidecar.workers import run_workers
 
 log = logging.getLogger("sidecar")
 
@@ -50,7 +55,8 @@ class Sidecar:
     cfg: Config
     clock: Clock
     metrics: Metrics
-    keys: list[ProviderKeys]
+    keys: list[KeyView]  # the pod's key state, as this worker sees it
+    channel: LocalChannel | SocketChannel  # to the pod's fetchers: in this process, or the keys process
     verifier: Verifier
     cors: CorsPolicy
     headers: HeaderPolicy
@@ -60,7 +66,6 @@ class Sidecar:
     token_sources: tuple[str, ...]  # every provider's sources, each once
     grace_header: str
     draining: bool = False
-    shared: SharedActions | None = None  # set when several workers share the port
     upstream: aiohttp.ClientSession | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -80,16 +85,32 @@ STATE = web.AppKey("sidecar", Sidecar)
 PARSER_CEILING = 1 << 17
 
 
-def build_state(cfg: Config, clock: Clock | None = None, metrics: Metrics | None = None) -> Sidecar:
-    clock = clock or SystemClock()
+def build_state(
+    cfg: Config, clock: Clock | None = None, metrics: Metrics | None = None, shared: str | None = None
+) -> Sidecar:
+    """One worker's state. Alone (`shared` None) it runs the fetchers itself; one of several reads the key
+    state the keys process published (at once, from the state file) and follows it over the socket."""
+    clock = clock or clock_from_environment()
     metrics = metrics or Metrics()
-    keys = [ProviderKeys(p, cfg.jwks, clock, metrics, None) for p in cfg.providers]
+    keys = [KeyView(p, cfg.jwks, clock, metrics) for p in cfg.providers]
+    channel: LocalChannel | SocketChannel
+    if shared is None:
+        channel = LocalChannel(KeyHub(cfg, clock, metrics), keys)
+    else:
+        ask_timeout = 2 * cfg.jwks.fetch_timeout + 1  # discovery and JWKS, each bounded by fetch_timeout
+        channel = SocketChannel(socket_path(shared), keys, ask_timeout, line_limit(cfg.jwks.max_bytes))
+        for state in StateFile(shared).read().values():
+            channel.install(state)
+    for view in keys:
+        view.update_gauges()  # every key series has its sample from the start, in every process
     rules = RuleSet(cfg)
+    metrics.routes([r.name for r in cfg.rules] if cfg.route_metrics else [])
     return Sidecar(
         cfg=cfg,
         clock=clock,
         metrics=metrics,
         keys=keys,
+        channel=channel,
         verifier=Verifier(cfg, keys, clock, metrics, rules),
         cors=CorsPolicy(cfg.cors),
         headers=HeaderPolicy.from_config(cfg),
@@ -186,23 +207,15 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     s = app[STATE]
     lim = s.cfg.limits
     s.upstream = upstream_session(lim.upstream_connect_timeout, lim.upstream_timeout)
-    jwks_session = aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(total=s.cfg.jwks.fetch_timeout), headers={"User-Agent": "jwt-sidecar"}
-    )
-    for pk in s.keys:
-        pk.session = jwks_session
-        s.tasks.append(asyncio.create_task(pk.keep_fresh(), name=f"jwks:{pk.provider.name}"))
+    await s.channel.start()
     s.tasks.append(asyncio.create_task(_gauges(s), name="gauges"))
-    if s.shared is not None:
-        shared = s.shared
-        s.tasks.append(asyncio.create_task(shared.follow(lambda a: apply_action(s, a)), name="admin-actions"))
     yield
     for t in s.tasks:
         t.cancel()
     await asyncio.gather(*s.tasks, return_exceptions=True)
     s.tasks.clear()
+    await s.channel.close()
     await s.upstream.close()
-    await jwks_session.close()
 
 
 async def _gauges(s: Sidecar) -> None:
@@ -226,7 +239,11 @@ def _split(hostport: str) -> tuple[str, int]:
 
 
 async def run_until_signal(
-    state: Sidecar, stop: asyncio.Event | None = None, reuse_port: bool = False, announce: bool = True
+    state: Sidecar,
+    stop: asyncio.Event | None = None,
+    reuse_port: bool = False,
+    started: Callable[[], None] = lambda: None,
+    announce: bool = True,
 ) -> None:
     """Serve until SIGTERM/SIGINT (or `stop`), then drain: not ready at once, stop accepting, finish in flight."""
     cfg = state.cfg
@@ -266,6 +283,9 @@ async def run_until_signal(
         await web.TCPSite(decision_runner, d_host, d_port, reuse_address=True, reuse_port=reuse_port).start()
     if announce:  # with several workers the parent says it once for the pod
         log.info("listening", extra={"listen": cfg.listen, "admin": cfg.admin_listen, "upstream": cfg.upstream})
+    else:
+        log.debug("worker serving", extra={"pid": os.getpid()})
+    started()
     # Everything built so far lives as long as the process: keep the collector from rescanning it, and
     # collect the young generation less often (requests make short-lived, acyclic garbage).
     gc.freeze()
@@ -289,21 +309,28 @@ def use_uvloop() -> None:
         pass
 
 
-def _serve_one(cfg: Config, shared: str | None) -> int:
+def _serve_one(cfg: Config, shared: str | None, started: Callable[[], None] = lambda: None) -> int:
     use_uvloop()
-    state = build_state(cfg)
-    state.shared = SharedActions(shared) if shared else None
-    asyncio.run(run_until_signal(state, reuse_port=shared is not None, announce=shared is None))
+    state = build_state(cfg, shared=shared)
+    asyncio.run(run_until_signal(state, reuse_port=shared is not None, started=started, announce=shared is None))
     return 0
 
 
 def serve(cfg: Config, workers: int = 1, shared: str | None = None) -> int:
-    """Run the sidecar: one process, or `workers` processes sharing the port and the `shared` directory."""
+    """Run the sidecar: one process, or `workers` processes sharing the port and the `shared` directory,
+    with the pod's fetchers in one keys process beside them."""
     setup_logging(cfg.log_level)
+    if isinstance(clock_from_environment(), OffsetClock):
+        log.warning("test clock in use (SIDECAR_TEST_CLOCK_FILE): never set this outside tests")
     if workers == 1 or shared is None:
         return _serve_one(cfg, None)
     log.info(
         "listening",
         extra={"listen": cfg.listen, "admin": cfg.admin_listen, "upstream": cfg.upstream, "workers": workers},
     )
-    return run_workers(workers, shared, lambda: _serve_one(cfg, shared))
+    return run_workers(
+        workers,
+        shared,
+        lambda started: _serve_one(cfg, shared, started),
+        lambda started: run_keys_process(cfg, shared, started),
+    )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Mapping
 from typing import Protocol
 
 
@@ -44,3 +46,43 @@ class FakeClock:
     def skew_wall(self, seconds: float) -> None:
         """Move only the wall clock, as an NTP step on a skewed host would."""
         self._now += seconds
+
+
+TEST_CLOCK_ENV = "SIDECAR_TEST_CLOCK_FILE"
+
+
+class OffsetClock:
+    """Test-only: the system clock moved forward by the seconds written in a file.
+
+    Several processes (the supervisor's workers and keys process) read the same file, so a test can move
+    time for a whole pod at once, as FakeClock does for one process. Selected by `SIDECAR_TEST_CLOCK_FILE`;
+    the sidecar logs a warning when it is in use. The test replaces the file atomically (write + rename).
+    """
+
+    __slots__ = ("_offset", "path")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._offset = 0.0
+
+    def offset(self) -> float:
+        # Read on every call: a file's mtime is too coarse to tell two quick writes apart, and this is
+        # only ever used by tests.
+        try:
+            with open(self.path, encoding="ascii") as f:
+                self._offset = float(f.read().strip() or 0)
+        except (OSError, ValueError):
+            pass  # keep the last offset read
+        return self._offset
+
+    def now(self) -> float:
+        return time.time() + self.offset()
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset()
+
+
+def clock_from_environment(environ: Mapping[str, str] = os.environ) -> Clock:
+    """The real clock, or the test clock when `SIDECAR_TEST_CLOCK_FILE` names one."""
+    path = environ.get(TEST_CLOCK_ENV)
+    return OffsetClock(path) if path else SystemClock()

@@ -271,11 +271,14 @@ class KeySet:
                     self.on_drop(key.thumbprint)
         for tp in prints:
             self._retired.pop(tp, None)
-        self._current = fresh
-        self._prints = prints
-        self._by_kid = {k.kid: k for k in fresh if k.kid is not None}
+        self._set_current(fresh)
         self.expire(now)
         return changed
+
+    def _set_current(self, keys: tuple[Key, ...]) -> None:
+        self._current = keys
+        self._prints = frozenset(k.thumbprint for k in keys)
+        self._by_kid = {k.kid: k for k in keys if k.kid is not None}
 
     def expire(self, now: float) -> None:
         for tp in [tp for tp, (_, until) in self._retired.items() if until <= now]:
@@ -315,6 +318,11 @@ class KeySet:
         """The single trusted key; None when there is not exactly one."""
         return self._current[0] if len(self._current) == 1 and not self._retired else None
 
+    def matching(self, ident: str, now: float) -> list[Key]:
+        """The trusted keys (current, or retired inside retention) with this kid or thumbprint."""
+        retired = [k for k, until in self._retired.values() if until > now]
+        return [k for k in (*self._current, *retired) if ident in (k.kid, k.thumbprint)]
+
     def revoke(self, ident: str) -> list[Key]:
         """Drop the keys with this kid or thumbprint at once (compromised). They stay refused even if the
         IdP still publishes them. Returns the keys dropped; the caller purges what they verified."""
@@ -322,9 +330,7 @@ class KeySet:
         dropped = [k for k in self._current if self._is_revoked(k)]
         dropped += [k for k, _ in self._retired.values() if self._is_revoked(k)]
         if dropped:
-            self._current = tuple(k for k in self._current if not self._is_revoked(k))
-            self._prints = frozenset(k.thumbprint for k in self._current)
-            self._by_kid = {k.kid: k for k in self._current if k.kid is not None}
+            self._set_current(tuple(k for k in self._current if not self._is_revoked(k)))
             self._retired = {tp: r for tp, r in self._retired.items() if not self._is_revoked(r[0])}
         return dropped
 
@@ -342,3 +348,42 @@ class KeySet:
             if until > now
         ]
         return out
+
+    # --- one key set for a pod: the fetcher's set is exported, each worker restores the same set ------
+
+    def export(self) -> tuple[tuple[Key, ...], dict[str, tuple[Key, float]], list[str]]:
+        """Current keys, retired keys (by thumbprint) with the monotonic time their trust ends, revoked
+        kids and thumbprints."""
+        return self._current, dict(self._retired), sorted(self._revoked)
+
+    @classmethod
+    def restore(
+        cls,
+        retention: float,
+        current: Iterable[Key],
+        retired: Iterable[tuple[Key, float]],
+        revoked: Iterable[str],
+    ) -> KeySet:
+        ks = cls(retention, revoked)
+        ks._set_current(tuple(k for k in current if not ks._is_revoked(k)))
+        ks._retired = {k.thumbprint: (k, until) for k, until in retired if not ks._is_revoked(k)}
+        return ks
+
+    def trusted_prints(self, now: float) -> set[str]:
+        """Thumbprints of every key trusted now: published, or retired inside its retention."""
+        return set(self._prints) | {tp for tp, (_, until) in self._retired.items() if until > now}
+
+
+def to_jwk(key: Key) -> dict[str, Any]:
+    """A key's public JWK, as workers rebuild it (`parse_jwks` vets it again, so the same code decides).
+
+    Made from the key itself, whatever the IdP published (JWK or X.509 certificate), in canonical base64url;
+    `alg` is kept when the key is limited to one algorithm."""
+    algorithm: Any = {"RSA": RSAAlgorithm, "EC": ECAlgorithm, "OKP": OKPAlgorithm}[key.kty]
+    jwk: dict[str, Any] = json.loads(algorithm.to_jwk(key.public))
+    jwk = {k: v for k, v in jwk.items() if k not in _PRIVATE_MEMBERS}
+    if key.kid is not None:
+        jwk["kid"] = key.kid
+    if len(key.algs) == 1:
+        jwk["alg"] = next(iter(key.algs))
+    return jwk

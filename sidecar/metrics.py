@@ -13,6 +13,7 @@ _VALIDATION_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0
 _UPSTREAM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 JWKS_FETCH_RESULTS = ("success", "http_error", "timeout", "invalid", "refused")
+WEBSOCKET_ENDS = ("client_closed", "app_closed", "token_expired", "refused_by_app", "error")
 KEY_IGNORED_REASONS = ("weak", "symmetric", "enc", "unsupported", "invalid")
 
 
@@ -165,6 +166,8 @@ class Metrics:
             self.cors_preflights.labels(result)
         for result in ("hit", "miss"):
             self.token_cache.labels(result)
+        for end in WEBSOCKET_ENDS:
+            self.websockets.labels(end)
 
     def provider(self, name: str) -> None:
         """Create a provider's series at zero, so alerts and dashboards see them before the first event."""
@@ -180,3 +183,9 @@ class Metrics:
         self.clock_skew.labels(name)
         self.jwks_age.labels(name)
         self.jwks_stale.labels(name)
+
+    def routes(self, names: list[str]) -> None:
+        """With route_metrics: each rule's `allowed` series at zero from the start (rejections by reason
+        appear when they happen: rules times reasons would be a lot of empty series)."""
+        for name in names:
+            self.route_requests.labels(name, "allowed")

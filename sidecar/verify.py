@@ -22,9 +22,9 @@ from jwt.algorithms import Algorithm, get_default_algorithms
 from sidecar import errors, jose
 from sidecar.clock import Clock
 from sidecar.config import ASYMMETRIC_ALGS, Config, Provider
-from sidecar.fetcher import ProviderKeys
 from sidecar.headers import header_safe
 from sidecar.jwks import Key
+from sidecar.keys.view import KeyView
 from sidecar.metrics import Metrics
 from sidecar.rules import RuleSet, claim_value
 from sidecar.token_cache import TokenCache, VerifiedToken
@@ -66,7 +66,7 @@ def render(value: Any) -> str | None:
 
 
 class Verifier:
-    def __init__(self, cfg: Config, keys: list[ProviderKeys], clock: Clock, metrics: Metrics, rules: RuleSet) -> None:
+    def __init__(self, cfg: Config, keys: list[KeyView], clock: Clock, metrics: Metrics, rules: RuleSet) -> None:
         self.cfg = cfg
         self.keys = keys
         self.clock = clock
@@ -75,7 +75,7 @@ class Verifier:
         self._claim_paths = tuple(claim for _, claim in cfg.all_claim_headers)
         self.cache = TokenCache(cfg.token_cache_size, len(self._claim_paths), cfg.token_cache_max_bytes)
         for index, pk in enumerate(keys):
-            pk.keys.on_drop = functools.partial(self.cache.forget_key, index)
+            pk.on_drop = functools.partial(self.cache.forget_key, index)
         self.leeway = cfg.leeway
         self.grace = cfg.expired_grace
         self._by_issuer = {p.issuer: i for i, p in enumerate(cfg.providers)}
@@ -83,10 +83,12 @@ class Verifier:
         algorithms = get_default_algorithms()
         self._algorithms: dict[str, Algorithm] = {a: algorithms[a] for a in ASYMMETRIC_ALGS}
 
-    def revoke(self, provider: int, ident: str) -> tuple[bool, int]:
-        """Revoke a key by kid or thumbprint: (was it trusted, how many cached tokens it verified went)."""
-        dropped = self.keys[provider].keys.revoke(ident)
-        return bool(dropped), sum(self.cache.forget_key(provider, k.thumbprint) for k in dropped)
+    def forget(self, provider: int, ident: str) -> int:
+        """Drop the cached tokens of the keys a kid or thumbprint names (before they are revoked): how many.
+
+        The revocation itself is the pod's fetcher's; the state it publishes drops them in every worker."""
+        keys = self.keys[provider].keys.matching(ident, self.clock.monotonic())
+        return sum(self.cache.forget_key(provider, k.thumbprint) for k in keys)
 
     def times(self, t: VerifiedToken, now: float) -> float | None:
         """Seconds past `exp` when accepted inside grace, else None. Raises for expired/nbf/iat/lifetime."""

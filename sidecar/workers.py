@@ -1,18 +1,17 @@
-"""Several worker processes on one port: SO_REUSEPORT, metrics summed across them, admin actions shared.
+"""Several worker processes on one port: SO_REUSEPORT, one key state for the pod, metrics summed.
 
-The parent forks N workers before any event loop or thread exists, forwards SIGTERM/SIGINT to them, and
-restarts a worker that dies on its own. Each worker is a full sidecar with its own key refresher: N
-small JWKS fetches per refresh interval instead of one, in exchange for workers that share nothing at
-request time. Metrics use prometheus-client's multiprocess mode, so any worker's `/metrics` reports the
-sum over all of them. Admin actions (refresh, revoke) are written to a file in the shared directory that
-every worker follows, so a revocation reaches all workers within `FOLLOW_INTERVAL`.
+The supervisor forks the keys process (the pod's only JWKS fetcher, `sidecar.keys.process`) and N
+workers, and never runs an event loop or a thread itself, so every fork starts from a clean process. It
+forwards SIGTERM/SIGINT to the workers, then stops the keys process once they are gone, and restarts a
+child that dies on its own (backing off, then giving up, when it dies before it serves). Key states
+reach the workers over a Unix socket in the shared directory (`sidecar.keys.channel`); workers share
+nothing at request time. Metrics use prometheus-client's multiprocess mode, so any worker's `/metrics`
+reports the sum over all processes. See docs/workers.md for the guarantees.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
 import logging
 import math
 import os
@@ -22,12 +21,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 log = logging.getLogger("sidecar.workers")
-FOLLOW_INTERVAL = 0.25
 _RESTART_PAUSE = 1.0
+_MAX_RESTART_PAUSE = 8.0
+_STARTUP_ATTEMPTS = 5  # children dying before they serve, in a row, before the supervisor gives up
 
 
 def cpu_limit(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
@@ -49,36 +49,6 @@ def cpu_limit(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
     return max(1, allowed)
 
 
-class SharedActions:
-    """Admin actions every worker applies: an append-only file of JSON lines in the shared directory."""
-
-    def __init__(self, directory: str) -> None:
-        self.path = Path(directory) / "admin-actions.jsonl"
-        self._offset = 0
-
-    def publish(self, action: dict[str, Any]) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(action) + "\n")
-
-    def read_new(self) -> list[dict[str, Any]]:
-        try:
-            with open(self.path, encoding="utf-8") as f:
-                f.seek(self._offset)
-                lines = f.readlines()
-                self._offset = f.tell()
-        except FileNotFoundError:
-            return []
-        return [json.loads(line) for line in lines if line.endswith("\n")]
-
-    async def follow(self, apply: Callable[[dict[str, Any]], Any]) -> None:
-        while True:
-            for action in self.read_new():
-                result = apply(action)
-                if asyncio.iscoroutine(result):
-                    await result
-            await asyncio.sleep(FOLLOW_INTERVAL)
-
-
 def shared_directory() -> str:
     """Create the workers' shared directory and point prometheus-client at it.
 
@@ -89,35 +59,87 @@ def shared_directory() -> str:
     return shared
 
 
-def run_workers(n: int, shared: str, serve_one: Callable[[], int]) -> int:
-    """Fork n workers running `serve_one`; return 0 once all of them have stopped cleanly after a signal."""
-    children: dict[int, int] = {}
-    stopping = False
+@dataclass
+class _Child:
+    slot: str  # "keys" or "worker N": a restarted child takes the slot of the one that died
+    started: int  # read end of the pipe the child writes one byte to once it serves
 
-    def spawn(slot: int) -> None:
+
+Main = Callable[[Callable[[], None]], int]  # a child's body; it calls its argument once it serves
+
+
+def run_workers(
+    n: int,
+    shared: str,
+    serve_one: Main,
+    keys_main: Main | None = None,
+    *,
+    pause: float = _RESTART_PAUSE,
+    max_pause: float = _MAX_RESTART_PAUSE,
+    attempts: int = _STARTUP_ATTEMPTS,
+) -> int:
+    """Fork the keys process (when given) and n workers; restart any that dies on its own. A child that
+    dies before it serves is restarted after a pause that doubles each time; after `attempts` such deaths
+    in a row the supervisor gives up: it stops the others and returns 1. Returns 0 once every child has
+    stopped cleanly after a signal. Workers are stopped first, the keys process after them."""
+    children: dict[int, _Child] = {}
+    failures: dict[str, int] = {}
+    stopping = False
+    failed = False
+
+    def spawn(slot: str, main: Main) -> None:
+        read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.close(read_end)
+            for other in children.values():
+                os.close(other.started)
+
+            def started() -> None:
+                with contextlib.suppress(OSError):
+                    os.write(write_end, b"1")
+                    os.close(write_end)
+
             code = 1
             try:
-                code = serve_one()
+                code = main(started)
+            except BaseException:  # the supervisor only sees an exit code: say why here
+                log.exception("child failed", extra={"slot": slot})
             finally:
                 os._exit(code)
-        children[pid] = slot
+        os.close(write_end)
+        children[pid] = _Child(slot, read_end)
+        log.info("child started", extra={"role": slot.split()[0], "slot": slot, "pid": pid})
+
+    def main_for(slot: str) -> Main:
+        return keys_main if slot == "keys" and keys_main is not None else serve_one
+
+    def signal_workers(signum: int) -> None:
+        for pid, child in list(children.items()):
+            if child.slot != "keys":
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signum)
+
+    def stop_keys_when_alone() -> None:
+        if stopping and all(c.slot == "keys" for c in children.values()):
+            for pid in list(children):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
-        for pid in list(children):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
+        signal_workers(signum)
+        stop_keys_when_alone()
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    for slot in range(n):
-        spawn(slot)
-    failed = False
+    if keys_main is not None:
+        spawn("keys", keys_main)
+    for i in range(n):
+        spawn(f"worker {i}", serve_one)
     try:
         while children:
             try:
@@ -126,19 +148,54 @@ def run_workers(n: int, shared: str, serve_one: Callable[[], int]) -> int:
                 break
             if pid not in children:
                 continue
-            slot = children.pop(pid)
+            child = children.pop(pid)
             code = os.waitstatus_to_exitcode(status)
+            served = _served(child.started)
             _mark_dead(pid)
             if stopping:
                 failed = failed or code != 0
+                stop_keys_when_alone()
                 continue
-            log.error("worker died; restarting it", extra={"worker": slot, "pid": pid, "exit": code})
-            time.sleep(_RESTART_PAUSE)
+            if served:
+                failures[child.slot] = 0
+                wait = pause
+            else:
+                failures[child.slot] = failures.get(child.slot, 0) + 1
+                if failures[child.slot] >= attempts:
+                    log.error(
+                        "a child keeps dying before it serves; giving up",
+                        extra={"slot": child.slot, "pid": pid, "exit": code, "attempts": attempts},
+                    )
+                    failed = stopping = True
+                    signal_workers(signal.SIGTERM)
+                    stop_keys_when_alone()
+                    continue
+                wait = min(pause * 2 ** (failures[child.slot] - 1), max_pause)
+            log.error(
+                "worker died; restarting it" if child.slot != "keys" else "keys process died; restarting it",
+                extra={"slot": child.slot, "pid": pid, "exit": code, "during_start_up": not served, "pause": wait},
+            )
+            time.sleep(wait)
             if not stopping:
-                spawn(slot)
+                spawn(child.slot, main_for(child.slot))
+            else:
+                stop_keys_when_alone()
     finally:
+        for child in children.values():
+            os.close(child.started)
         shutil.rmtree(shared, ignore_errors=True)
     return 1 if failed else 0
+
+
+def _served(read_end: int) -> bool:
+    """Whether the child said it serves (its byte is in the pipe); closes the pipe."""
+    try:
+        os.set_blocking(read_end, False)
+        return os.read(read_end, 1) == b"1"
+    except OSError:
+        return False
+    finally:
+        os.close(read_end)
 
 
 def _mark_dead(pid: int) -> None:

@@ -8,10 +8,19 @@ import uuid
 import pytest
 
 from sidecar.devtools.issuer import DevIssuer, new_key
+from sidecar.fetcher import ProviderKeys
+from sidecar.keys.channel import LocalChannel
 from tests.conftest import InProc, MakeSidecar
 from tests.support import free_port
 
 REFRESH, MAX_STALE, COOLDOWN, RETENTION = 300, 86400, 30, 86400
+
+
+def fetcher(sc: InProc) -> ProviderKeys:
+    """The provider's fetcher: with one worker it runs in the same process, behind the same channel."""
+    channel = sc.state.channel
+    assert isinstance(channel, LocalChannel)
+    return channel.hub.fetchers[0]
 
 
 def fetches(sc: InProc, result: str) -> float:
@@ -77,7 +86,7 @@ async def test_valid_tokens_keep_working_through_an_outage_until_max_stale_then_
     fresh_issuer: DevIssuer, make_sidecar: MakeSidecar
 ) -> None:
     sc = await make_sidecar(fresh_issuer)
-    pk = sc.state.keys[0]
+    pk = fetcher(sc)
     fresh_issuer.outage = "500"
     sc.clock.advance(REFRESH + 1)
     assert await pk.refresh() is False
@@ -116,7 +125,7 @@ async def test_each_kind_of_fetch_failure_keeps_the_last_good_keys_and_is_counte
     fresh_issuer: DevIssuer, make_sidecar: MakeSidecar
 ) -> None:
     sc = await make_sidecar(fresh_issuer, jwks={"fetch_timeout": "0.3s", "max_bytes": 4096})
-    pk = sc.state.keys[0]
+    pk = fetcher(sc)
     for mode, result in (
         ("500", "http_error"),
         ("garbage", "invalid"),
@@ -143,7 +152,7 @@ async def test_a_removed_key_works_for_the_retention_window_and_not_after(
     sc = await make_sidecar(fresh_issuer)
     old = fresh_issuer.signing
     fresh_issuer.rotate(keep_old=False)
-    assert await sc.state.keys[0].refresh()
+    assert await fetcher(sc).refresh()
     sc.clock.advance(RETENTION - 10)
     assert await status_of(sc, fresh_issuer.mint(key=old, now=sc.clock.now())) == (200, None)
     sc.clock.advance(11)
@@ -159,9 +168,9 @@ async def test_a_cached_token_of_a_retired_key_stops_when_retention_ends(
     token = fresh_issuer.mint(key=old, now=sc.clock.now(), ttl=2 * 86400)
     assert await status_of(sc, token) == (200, None)
     fresh_issuer.rotate(keep_old=False)
-    await sc.state.keys[0].refresh()
+    await fetcher(sc).refresh()
     sc.clock.advance(RETENTION + 1)
-    await sc.state.keys[0].refresh()
+    await fetcher(sc).refresh()
     assert await status_of(sc, token) == (401, "unknown_kid")
 
 
@@ -212,7 +221,7 @@ async def test_cache_control_max_age_is_honoured_within_bounds(
     fresh_issuer: DevIssuer, make_sidecar: MakeSidecar
 ) -> None:
     sc = await make_sidecar(fresh_issuer)
-    pk = sc.state.keys[0]
+    pk = fetcher(sc)
     for header, expected in (
         ("max-age=10", 60.0),
         ("public, max-age=900", 900.0),
@@ -231,7 +240,7 @@ async def test_discovery_finds_the_jwks_uri_and_checks_the_issuer(
         fresh_issuer,
         providers=[{"issuer": fresh_issuer.issuer, "audiences": ["demo-api"], "discovery": True}],
     )
-    assert sc.state.keys[0].jwks_url == f"{fresh_issuer.issuer}/jwks.json"
+    assert fetcher(sc).jwks_url == f"{fresh_issuer.issuer}/jwks.json"
     assert await status_of(sc, fresh_issuer.mint(now=sc.clock.now())) == (200, None)
 
     liar = DevIssuer(audience="demo-api")
@@ -243,8 +252,8 @@ async def test_discovery_finds_the_jwks_uri_and_checks_the_issuer(
         bad = await make_sidecar(
             liar, wait=False, providers=[{"issuer": server.url, "audiences": ["demo-api"], "discovery": True}]
         )
-        assert await bad.state.keys[0].refresh() is False
-        assert "issuer does not match" in (bad.state.keys[0].last_error or "")
+        assert await fetcher(bad).refresh() is False
+        assert "issuer does not match" in (fetcher(bad).last_error or "")
     finally:
         server.stop()
 
@@ -254,7 +263,7 @@ async def test_clock_skew_against_the_idp_is_exported_from_the_date_header(
 ) -> None:
     sc = await make_sidecar(fresh_issuer)
     sc.clock.skew_wall(45)  # this host's clock runs 45 s ahead of the IdP's
-    await sc.state.keys[0].refresh()
+    await fetcher(sc).refresh()
     skew = sc.metric("sidecar_clock_skew_seconds", provider="default")
     assert 44 <= skew <= 46
 
@@ -272,7 +281,7 @@ async def test_an_admin_can_revoke_a_key_at_once_even_for_cached_tokens(
     assert r.status == 200
     assert (await r.json())["cached_tokens_dropped"] == 1
     assert await status_of(sc, token) == (401, "unknown_kid")
-    await sc.state.keys[0].refresh()  # the IdP still publishes it: it stays refused
+    await fetcher(sc).refresh()  # the IdP still publishes it: it stays refused
     sc.clock.advance(COOLDOWN + 1)
     assert await status_of(sc, token) == (401, "unknown_kid")
     listing = await (await sc.admin.get("/admin/keys")).json()
@@ -312,7 +321,7 @@ async def test_a_rotation_hidden_behind_a_bogus_kid_is_learned_when_the_cooldown
     fresh_issuer: DevIssuer, make_sidecar: MakeSidecar
 ) -> None:
     sc = await make_sidecar(fresh_issuer)
-    pk = sc.state.keys[0]
+    pk = fetcher(sc)
     attacker = new_key("RS256", kid="bogus")
     assert await status_of(sc, fresh_issuer.mint(key=attacker, now=sc.clock.now())) == (401, "unknown_kid")
     assert fresh_issuer.jwks_fetches == 2  # the bogus kid used up this cooldown's refetch
@@ -334,7 +343,7 @@ async def test_the_background_refresh_runs_when_due_and_not_before(
     fresh_issuer: DevIssuer, make_sidecar: MakeSidecar
 ) -> None:
     sc = await make_sidecar(fresh_issuer)
-    pk = sc.state.keys[0]
+    pk = fetcher(sc)
     assert REFRESH * 0.9 <= pk.next_refresh_in() <= REFRESH  # jittered, never later than the refresh interval
     sc.clock.advance(REFRESH * 0.5)
     await pk.tick()
@@ -348,7 +357,7 @@ async def test_after_a_failed_refresh_the_next_try_comes_sooner(
     fresh_issuer: DevIssuer, make_sidecar: MakeSidecar
 ) -> None:
     sc = await make_sidecar(fresh_issuer)
-    pk = sc.state.keys[0]
+    pk = fetcher(sc)
     fresh_issuer.outage = "500"
     sc.clock.advance(REFRESH)
     await pk.tick()
@@ -371,7 +380,7 @@ async def test_cached_tokens_of_a_key_are_forgotten_when_its_retention_ends(
         )
     assert len(sc.state.verifier.cache) == 5
     fresh_issuer.rotate(keep_old=False)
-    await sc.state.keys[0].refresh()
+    await fetcher(sc).refresh()
     assert len(sc.state.verifier.cache) == 5  # retained: still trusted, still cached
     sc.clock.advance(RETENTION + 1)
     sc.state.keys[0].update_gauges()  # what the gauge loop does every second: expiry runs there

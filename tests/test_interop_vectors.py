@@ -213,7 +213,7 @@ async def test_a_key_set_whose_every_key_is_ignored_is_counted_and_never_ready(
 
 async def _all_ignored_is_counted(sc: Any, ring: Ring) -> None:
     pk = sc.state.keys[0]
-    assert not await pk.refresh()
+    assert not (await pk.refresh())["ok"]
     assert "no usable key" in (pk.last_error or "")
     for reason, n in (("weak", 1), ("invalid", 1), ("symmetric", 1)):
         assert sc.metric("sidecar_jwks_keys_ignored_total", provider="default", reason=reason) >= n

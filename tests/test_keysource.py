@@ -251,7 +251,7 @@ async def test_ca_file_is_the_only_trust_and_is_reread_when_it_changes(
         sc = await start_sidecar(aiohttp_client, upstream.url, [provider])
         assert await wait_fetches(sc, "refused") >= 1
         ca_path.write_bytes(private_ca("old CA").ca_pem + ca.ca_pem)  # the bundle gains the server's CA
-        assert await sc.state.keys[0].refresh()
+        assert (await sc.state.keys[0].refresh())["ok"]
         assert sc.state.ready()
 
 
@@ -335,16 +335,16 @@ async def test_jwks_auth_sends_the_current_token_and_follows_its_rotation(
         # The kubelet rotates the projected token; the IdP stops accepting the old one.
         idp.token = second
         token_file.write_text(second + "\n")
-        assert await sc.state.keys[0].refresh()
+        assert (await sc.state.keys[0].refresh())["ok"]
         assert idp.seen[-1] == f"Bearer {second}"
         # A token file that suddenly holds something else than one token: refused, never sent, never logged.
         token_file.write_text("third\r\nX-Injected: 1\n")
-        assert not await sc.state.keys[0].refresh()
+        assert not (await sc.state.keys[0].refresh())["ok"]
         assert "does not hold one bearer token" in (sc.state.keys[0].last_error or "")
         assert idp.seen[-1] == f"Bearer {second}"
         # Without a token the API server answers 401: counted, the last good keys stay.
         token_file.unlink()
-        assert not await sc.state.keys[0].refresh()
+        assert not (await sc.state.keys[0].refresh())["ok"]
         assert sc.state.ready()
     logged = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
     for secret in (first, second, "third", "X-Injected"):

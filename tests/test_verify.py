@@ -333,7 +333,7 @@ async def test_a_cached_kidless_token_dies_with_the_key_that_verified_it(
     assert await reason(sc, token) is None
     assert await reason(sc, token) is None  # now from the cache
     key_server.doc = {"keys": [kidless(new)]}  # replaced: still exactly one key, as before
-    assert await sc.state.keys[0].refresh()
+    assert (await sc.state.keys[0].refresh())["ok"]
     assert await reason(sc, token) == "unknown_kid"  # no trusted key verifies it any more
     assert await reason(sc, mint(new, sc.clock.now())) is None
 
@@ -347,7 +347,7 @@ async def test_a_cached_kidless_token_lives_exactly_as_long_as_its_key_is_retain
     token = mint(old, sc.clock.now(), exp=int(sc.clock.now()) + 3600)
     assert await reason(sc, token) is None
     key_server.doc = {"keys": [kidless(new)]}
-    assert await sc.state.keys[0].refresh()
+    assert (await sc.state.keys[0].refresh())["ok"]
     sc.clock.advance(599)
     assert await reason(sc, token) is None  # retained
     sc.clock.advance(2)
@@ -382,7 +382,7 @@ async def test_a_cached_token_is_checked_against_its_key_not_against_its_kid(
     token = mint(first, sc.clock.now(), kid="k1")
     assert await reason(sc, token) is None
     key_server.doc = {"keys": [second.public_jwk()]}  # the IdP reuses the kid for a new key
-    assert await sc.state.keys[0].refresh()
+    assert (await sc.state.keys[0].refresh())["ok"]
     assert await reason(sc, token) == "bad_signature"
 
 
