@@ -24,9 +24,11 @@ from sidecar.admin import admin_app, apply_action
 from sidecar.authorize import authorize, preflight
 from sidecar.clock import Clock, SystemClock
 from sidecar.config import Config
+from sidecar.connlimits import ConnLimits
 from sidecar.cors import CorsPolicy
 from sidecar.decision import decision_app
 from sidecar.fetcher import ProviderKeys
+from sidecar.guard import GuardedRunner, counting
 from sidecar.headers import GRACE_SUFFIX, HeaderPolicy, remove_token
 from sidecar.metrics import Metrics
 from sidecar.proxy import forward, upstream_session
@@ -220,16 +222,22 @@ async def run_until_signal(state: Sidecar, stop: asyncio.Event | None = None, re
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread, or Windows
             loop.add_signal_handler(sig, stop.set)
-    admin_runner = web.AppRunner(admin_app(state, STATE), access_log=None, handle_signals=False)
+    # Head size, header count and slow clients are bounded per connection, before aiohttp's parser buffers.
+    limits, closed = ConnLimits.from_config(cfg.limits), counting(state.metrics)
+    admin_runner = GuardedRunner(
+        admin_app(state, STATE), limits.for_admin(), closed, access_log=None, handle_signals=False
+    )
     await admin_runner.setup()
-    proxy_runner = web.AppRunner(
+    proxy_runner = GuardedRunner(
         proxy_app(state),
+        limits,
+        closed,
         access_log=None,
         handle_signals=False,
         shutdown_timeout=cfg.limits.drain_timeout,
         max_field_size=PARSER_CEILING,
         max_line_size=PARSER_CEILING,
-        max_headers=1024,
+        max_headers=cfg.limits.max_headers,
     )
     await proxy_runner.setup()
     admin_host, admin_port = _split(cfg.admin_listen)
@@ -238,13 +246,16 @@ async def run_until_signal(state: Sidecar, stop: asyncio.Event | None = None, re
     await web.TCPSite(proxy_runner, host, port, reuse_address=True, reuse_port=reuse_port, backlog=1024).start()
     decision_runner = None
     if cfg.decision is not None:
-        decision_runner = web.AppRunner(
+        decision_runner = GuardedRunner(
             decision_app(state, STATE),
+            limits,
+            closed,
             access_log=None,
             handle_signals=False,
             shutdown_timeout=cfg.limits.drain_timeout,
             max_field_size=PARSER_CEILING,
             max_line_size=PARSER_CEILING,
+            max_headers=cfg.limits.max_headers,
         )
         await decision_runner.setup()
         d_host, d_port = _split(cfg.decision.listen)

@@ -78,6 +78,10 @@ class Limits:
     upstream_connect_timeout: float = 5.0
     upstream_timeout: float = 60.0
     drain_timeout: float = 20.0
+    max_headers: int = 100  # header lines in one request head
+    header_timeout: float = 30.0  # a request head must arrive within this, from its first byte (or the accept)
+    idle_timeout: float = 75.0  # keep-alive: silence allowed between a response and the next request
+    body_timeout: float = 60.0  # longest pause between two reads of a request body
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,6 +372,10 @@ def _limits(raw: Any) -> Limits:
             "limits.upstream_timeout", m.get("upstream_timeout", d.upstream_timeout), minimum=0.1
         ),
         drain_timeout=_duration("limits.drain_timeout", m.get("drain_timeout", d.drain_timeout)),
+        max_headers=_int("limits.max_headers", m.get("max_headers", d.max_headers), minimum=8),
+        header_timeout=_duration("limits.header_timeout", m.get("header_timeout", d.header_timeout), minimum=0.1),
+        idle_timeout=_duration("limits.idle_timeout", m.get("idle_timeout", d.idle_timeout), minimum=0.1),
+        body_timeout=_duration("limits.body_timeout", m.get("body_timeout", d.body_timeout), minimum=0.1),
     )
     if lim.max_token_bytes > lim.max_header_bytes:
         raise ConfigError("limits.max_token_bytes", "must not exceed limits.max_header_bytes")

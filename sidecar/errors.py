@@ -184,6 +184,12 @@ class CorsRejected(RequestRejected):
     summary = "a CORS preflight from an origin, method or header the policy does not allow"
 
 
+class RequestLineTooLong(RequestRejected):
+    status = 414
+    reason = "request_line_too_long"
+    summary = "the request line exceeds limits.max_header_bytes (answered before it is buffered)"
+
+
 # --- the upstream app ---------------------------------------------------------------------------------
 
 

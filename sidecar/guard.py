@@ -1,0 +1,241 @@
+"""aiohttp listeners with connection limits: a `RequestHandler` that shows every head to a `ConnGuard`
+before aiohttp's parser buffers it, and closes connections whose client is too slow.
+
+aiohttp checks header sizes only per field (and the sidecar's own checks run after parsing), so without
+this one request of many large headers costs hundreds of megabytes before it is refused. Here the parser
+is fed a head only up to the limit; the rest of the read is dropped with the connection.
+
+Timing costs one `loop.time()` per read and a timer handle per connection that is moved lazily: it fires
+at the earliest deadline it was given and re-arms itself if the deadline moved later since.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
+from aiohttp.web_server import Server
+
+from sidecar.connlimits import HEADER_TIMEOUT, ConnGuard, ConnLimits, HeadRefused
+from sidecar.errors import BadRequest, HeadersTooLarge, RequestLineTooLong
+from sidecar.metrics import Metrics
+
+log = logging.getLogger("sidecar.conn")
+
+OnClose = Callable[[str, int | None], None]  # (reason, status answered or None)
+
+
+def _answer(status: int, reason: str, description: str) -> bytes:
+    body = json.dumps({"status": status, "reason": reason, "description": description}).encode()
+    head = (
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class GuardedHandler(RequestHandler):
+    __slots__ = ("_body_payload", "_guard", "_guarding", "_held", "_on_close", "_timer", "_timer_at")
+
+    def __init__(self, manager: Server, limits: ConnLimits, on_close: OnClose, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._guard = ConnGuard(limits, self._loop.time())
+        self._on_close = on_close
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._held = b""  # bytes read but not yet shown to the parser (its message queue is full)
+        self._guarding = True  # off once the connection is upgraded (WebSocket): its frames are not HTTP
+        self._body_payload: Any = None  # the payload of a body of unknown length being read
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        super().connection_lost(exc)
+
+    async def finish_response(
+        self, request: BaseRequest, resp: StreamResponse, start_time: float | None
+    ) -> tuple[StreamResponse, bool]:
+        if self._upgraded and self._payload_parser is None and isinstance(resp, StreamResponse):
+            # A refused upgrade: aiohttp would parse what followed it unguarded. Close instead.
+            resp.force_close()
+        try:
+            return await super().finish_response(request, resp, start_time)
+        finally:
+            if self._guarding:
+                self._guard.response_done(self._loop.time())
+                self._arm()
+
+    # --- bytes -------------------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if not self._guarding or self._upgraded or self._payload_parser is not None:
+            super().data_received(data)
+            return
+        if self._force_close or self._close:
+            return
+        if self._held:
+            data, self._held = self._held + data, b""
+        if not data:  # aiohttp asks to re-parse what it buffered: our buffer is _held
+            super().data_received(data)
+            return
+        g = self._guard
+        now = self._loop.time()
+        pos, n = 0, len(data)
+        while pos < n:
+            if len(self._messages) >= self._max_msg_queue_size:
+                # The queue of pipelined requests is full: keep the rest until it drains (aiohttp pauses
+                # reading and calls data_received(b"") when it has room again).
+                self._held = data[pos:]
+                break
+            if g.in_body:
+                take = g.body(n - pos, now)
+                count = self._request_count
+                super().data_received(data if take == n else data[pos : pos + take])
+                pos += take
+                if g.in_body and self._body_payload is not None and self._body_payload.is_eof():
+                    g.body_done()  # a chunked body ended inside this read
+                    self._body_payload = None
+                    if pos < n or self._request_count != count:
+                        # The parser went on into the next request unguarded: serve this one and close.
+                        self.close()
+                        return
+                continue
+            try:
+                end = g.head(data, pos)
+            except HeadRefused as r:
+                self._refuse(r)
+                return
+            stop = n if end < 0 else end
+            count = self._request_count
+            super().data_received(data if (pos == 0 and stop == n) else data[pos:stop])
+            pos = stop
+            if self._force_close or self._close or self._upgraded:
+                break
+            if end < 0:
+                if g.head_in_progress:
+                    g.head_pending(now)
+                continue
+            if self._request_count == count:
+                # Our reading says the head ended; the parser's does not. One reading only: refuse.
+                self._refuse(HeadRefused(400, "bad_request", "the request head does not parse"))
+                return
+            msg, payload = self._messages[-1]
+            if isinstance(msg, _ErrInfo):
+                g.request(None, now)
+                break  # aiohttp answers 400 and closes
+            if payload.is_eof():
+                g.request(None, now)
+            elif msg.chunked or "Content-Length" not in msg.headers:
+                self._body_payload = payload
+                g.request(-1, now)
+            else:
+                g.request(int(msg.headers.get("Content-Length", "-1")), now)
+        if self._upgraded:
+            self._stop_guarding()
+            return
+        g.settle(now)
+        self._arm()
+
+    # --- answers and closes --------------------------------------------------------------------------
+
+    def _refuse(self, r: HeadRefused) -> None:
+        self._on_close(r.reason, r.status)
+        log.debug("connection refused", extra={"reason": r.reason, "status": r.status})
+        if self._request_in_progress or self._messages:
+            self.close()  # an earlier pipelined request is being answered: finish it, then close
+        else:
+            self._write_and_close(_answer(r.status, r.reason, r.description))
+
+    def _write_and_close(self, answer: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(answer)
+        self.force_close()
+
+    def _stop_guarding(self) -> None:
+        self._guarding = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _arm(self) -> None:
+        when = self._guard.deadline
+        if when is None or self.transport is None:
+            return
+        if self._timer is not None:
+            if self._timer_at <= when:
+                return  # fires early and re-arms itself
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self._loop.call_at(when, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        if not self._guarding or self._force_close or self.transport is None:
+            return
+        reason = self._guard.expired(self._loop.time(), self._reading_paused)
+        if reason is None:
+            self._arm()
+            return
+        self._on_close(reason, None)
+        log.debug("connection timed out", extra={"reason": reason})
+        if reason == HEADER_TIMEOUT and not self._request_in_progress and not self._messages:
+            self._write_and_close(_answer(408, reason, "the request head did not arrive in time"))
+        else:
+            self.force_close()  # a handler reading the body sees the connection reset
+
+
+class GuardedServer(Server):
+    def __init__(self, limits: ConnLimits, on_close: OnClose, plain: Server) -> None:
+        super().__init__(
+            plain.request_handler,
+            request_factory=plain.request_factory,
+            handler_cancellation=plain.handler_cancellation,
+            loop=plain._loop,
+            **plain._kwargs,
+        )
+        self._limits = limits
+        self._on_close = on_close
+
+    def __call__(self) -> RequestHandler:
+        return GuardedHandler(self, self._limits, self._on_close, loop=self._loop, **self._kwargs)
+
+
+class GuardedRunner(web.AppRunner):
+    """`web.AppRunner` whose connections are guarded by `limits`; `on_close` counts what the guard closes."""
+
+    def __init__(self, app: web.Application, limits: ConnLimits, on_close: OnClose, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._limits = limits
+        self._on_close = on_close
+
+    async def _make_server(self) -> Server:
+        return GuardedServer(self._limits, self._on_close, await super()._make_server())
+
+
+def counting(m: Metrics) -> OnClose:
+    """Count each close by reason; a refused head is also a rejected request (its reason in errors.py)."""
+    rejected = {400: BadRequest.reason, 414: RequestLineTooLong.reason, 431: HeadersTooLarge.reason}
+
+    def on_close(reason: str, status: int | None) -> None:
+        m.connections_closed.labels(reason).inc()
+        if status is not None:
+            m.requests_rejected.labels(rejected[status]).inc()
+
+    return on_close
