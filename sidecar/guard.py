@@ -30,6 +30,9 @@ from sidecar.metrics import Metrics
 
 log = logging.getLogger("sidecar.conn")
 
+# How long a refused or timed-out client's remaining bytes are drained after the answer (nginx: lingering_close).
+_LINGER_SECONDS = 1.0
+
 OnClose = Callable[[str, int | None], None]  # (reason, status answered or None)
 
 
@@ -164,9 +167,18 @@ class GuardedHandler(RequestHandler):
             self._write_and_close(_answer(r.status, r.reason, r.description))
 
     def _write_and_close(self, answer: bytes) -> None:
-        if self.transport is not None:
-            self.transport.write(answer)
-        self.force_close()
+        """Answer, half-close, and drain what the client still sends for a moment before closing: closing
+        with unread bytes makes the kernel send a reset, which can destroy the answer before it is read."""
+        t = self.transport
+        if t is None:
+            return
+        t.write(answer)
+        self.close()  # from here on aiohttp drops what arrives
+        if t.can_write_eof():
+            t.write_eof()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_later(_LINGER_SECONDS, self.force_close)
 
     def _stop_guarding(self) -> None:
         self._guarding = False
@@ -176,7 +188,7 @@ class GuardedHandler(RequestHandler):
 
     def _arm(self) -> None:
         when = self._guard.deadline
-        if when is None or self.transport is None:
+        if when is None or self.transport is None or self._close:
             return
         if self._timer is not None:
             if self._timer_at <= when:
@@ -187,7 +199,7 @@ class GuardedHandler(RequestHandler):
 
     def _expire(self) -> None:
         self._timer = None
-        if not self._guarding or self._force_close or self.transport is None:
+        if not self._guarding or self._force_close or self._close or self.transport is None:
             return
         reason = self._guard.expired(self._loop.time(), self._reading_paused)
         if reason is None:
