@@ -129,13 +129,18 @@ class ConnGuard:
                 pos += 2
             if pos >= len(data):
                 return -1
-        end = data.find(_CRLF2, pos)
-        if end < 0 and self._tail:
-            joined = self._tail + data[pos : pos + 3]
-            hit = joined.find(_CRLF2)
+        stop = -1  # just past the head's empty line, if it is in this read
+        if self._tail:  # the terminator may have begun in the previous read
+            hit = (self._tail + data[pos : pos + 3]).find(_CRLF2)
             if hit >= 0:
-                end = pos + hit - len(self._tail)
-        stop = len(data) if end < 0 else end + 4
+                stop = pos + hit - len(self._tail) + 4
+        if stop < 0:
+            end = data.find(_CRLF2, pos)
+            if end >= 0:
+                stop = end + 4
+        done = stop >= 0
+        if not done:
+            stop = len(data)
         if not self._line_done:
             nl = data.find(b"\n", pos, stop)
             line = self._used + ((stop if nl < 0 else nl) - pos)
@@ -147,10 +152,10 @@ class ConnGuard:
             raise HeadRefused(431, HEADERS_TOO_LARGE, f"request head over {lim.max_head_bytes} bytes")
         lines = self._lines + data.count(b"\n", pos, stop)
         # complete header lines: every line feed but the request line's (and the empty line's, at the end)
-        headers = lines - 2 if end >= 0 else lines - 1
+        headers = lines - 2 if done else lines - 1
         if headers > lim.max_headers:
             raise HeadRefused(431, TOO_MANY_HEADERS, f"more than {lim.max_headers} header lines")
-        if end >= 0:
+        if done:
             self._used = self._lines = 0
             self._line_done = False
             self._tail = b""
@@ -158,7 +163,7 @@ class ConnGuard:
             return stop
         self._used = size
         self._lines = lines
-        self._tail = data[-3:]
+        self._tail = data[-3:] if len(data) - pos >= 3 else (self._tail + data[pos:])[-3:]
         return -1
 
     def head_pending(self, now: float) -> None:

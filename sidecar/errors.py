@@ -169,7 +169,7 @@ class BadRequest(RequestRejected):
 class HeadersTooLarge(RequestRejected):
     status = 431
     reason = "headers_too_large"
-    summary = "a header or the header block exceeds limits.max_header_bytes"
+    summary = "a header, the head or the header count exceeds limits.max_header*"
 
 
 class BodyTooLarge(RequestRejected):

@@ -164,8 +164,12 @@ def test_memory_a_head_split_across_many_reads_is_judged_as_one(sc: SidecarProce
     """The terminator split between reads, and a head under the limit sent a few bytes at a time."""
     head = b"GET /public HTTP/1.1\r\nHost: x\r\nX-A: " + b"b" * 1000 + b"\r\n\r\n"
     with connect(sc.port) as s:
-        for i in range(0, len(head), 97):
-            s.sendall(head[i : i + 97])
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(0, len(head) - 4, 97):
+            s.sendall(head[i : min(i + 97, len(head) - 4)])
+        for i in range(len(head) - 4, len(head)):  # the empty line's bytes in separate reads
+            time.sleep(0.02)
+            s.sendall(head[i : i + 1])
         s.settimeout(5)
         answer = s.recv(65536)
     assert status_of(answer) == 200
