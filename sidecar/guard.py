@@ -72,18 +72,16 @@ class GuardedHandler(RequestHandler):
             self._timer = None
         super().connection_lost(exc)
 
-    async def finish_response(
-        self, request: BaseRequest, resp: StreamResponse, start_time: float | None
-    ) -> tuple[StreamResponse, bool]:
-        if self._upgraded and self._payload_parser is None and isinstance(resp, StreamResponse):
-            # A refused upgrade: aiohttp would parse what followed it unguarded. Close instead.
-            resp.force_close()
-        try:
-            return await super().finish_response(request, resp, start_time)
-        finally:
-            if self._guarding:
-                self._guard.response_done(self._loop.time())
-                self._arm()
+    def log_access(self, request: BaseRequest, response: StreamResponse, time: float | None) -> None:
+        # aiohttp calls this once per request when the response is written (or the write failed): the one
+        # synchronous hook at that moment, so the idle clock starts without an extra coroutine per request.
+        super().log_access(request, response, time)
+        if self._guarding:
+            self._guard.response_done(self._loop.time())
+            self._arm()
+        elif self._payload_parser is None and not self._force_close:
+            # An upgrade the app refused: aiohttp would go on parsing what followed it unguarded. Close.
+            self.close()
 
     # --- bytes -------------------------------------------------------------------------------------
 
