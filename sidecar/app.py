@@ -73,8 +73,6 @@ class Sidecar:
 
 
 STATE = web.AppKey("sidecar", Sidecar)
-# aiohttp's parser refuses (400) anything above this before the sidecar sees it; below it, limits.* apply (431).
-PARSER_CEILING = 1 << 17
 
 
 def build_state(cfg: Config, clock: Clock | None = None, metrics: Metrics | None = None) -> Sidecar:
@@ -235,8 +233,9 @@ async def run_until_signal(state: Sidecar, stop: asyncio.Event | None = None, re
         access_log=None,
         handle_signals=False,
         shutdown_timeout=cfg.limits.drain_timeout,
-        max_field_size=PARSER_CEILING,
-        max_line_size=PARSER_CEILING,
+        # The guard refuses longer lines (414/431) before the parser sees them; these bound chunked trailers.
+        max_field_size=cfg.limits.max_header_bytes,
+        max_line_size=cfg.limits.max_header_bytes,
         max_headers=cfg.limits.max_headers,
     )
     await proxy_runner.setup()
@@ -253,8 +252,8 @@ async def run_until_signal(state: Sidecar, stop: asyncio.Event | None = None, re
             access_log=None,
             handle_signals=False,
             shutdown_timeout=cfg.limits.drain_timeout,
-            max_field_size=PARSER_CEILING,
-            max_line_size=PARSER_CEILING,
+            max_field_size=cfg.limits.max_header_bytes,
+            max_line_size=cfg.limits.max_header_bytes,
             max_headers=cfg.limits.max_headers,
         )
         await decision_runner.setup()

@@ -85,6 +85,7 @@ class ConnGuard:
         "_body_seen",
         "_head_started",
         "_idle_since",
+        "_line",
         "_line_done",
         "_lines",
         "_open_requests",
@@ -101,6 +102,7 @@ class ConnGuard:
         self._used = 0  # bytes of the current head so far
         self._lines = 0  # line feeds in it so far
         self._line_done = False  # the request line is complete
+        self._line = 0  # bytes of the current, unfinished line
         self._tail = b""  # last bytes of the previous read of this head: a terminator may straddle reads
         self._head_started: float | None = None  # when the current head's first byte arrived (if incomplete)
         self._body_left: int | None = None  # body bytes still due; -1: unknown length (chunked)
@@ -129,14 +131,9 @@ class ConnGuard:
                 pos += 2
             if pos >= len(data):
                 return -1
-            # The common case, a whole head in one read, well inside every limit: three scans in C.
+            # The common case, a whole head in one read no longer than one line may be: two scans in C.
             stop = data.find(_CRLF2, pos) + 4
-            if (
-                stop >= 4
-                and stop - pos <= lim.max_head_bytes
-                and data.find(b"\n", pos, pos + lim.max_line_bytes) >= 0
-                and data.count(b"\n", pos, stop) - 2 <= lim.max_headers
-            ):
+            if stop >= 4 and stop - pos <= lim.max_line_bytes and data.count(b"\n", pos, stop) - 2 <= lim.max_headers:
                 return stop
         stop = -1  # just past the head's empty line, if it is in this read
         if self._tail:  # the terminator may have begun in the previous read
@@ -150,22 +147,16 @@ class ConnGuard:
         done = stop >= 0
         if not done:
             stop = len(data)
-        if not self._line_done:
-            nl = data.find(b"\n", pos, stop)
-            line = self._used + ((stop if nl < 0 else nl) - pos)
-            if line > lim.max_line_bytes:
-                raise HeadRefused(414, REQUEST_LINE_TOO_LONG, f"request line over {lim.max_line_bytes} bytes")
-            self._line_done = nl >= 0
+        lines = self._lines + data.count(b"\n", pos, stop)
+        # complete header lines: every line feed but the request line's (and the empty line's, at the end)
+        if (lines - 2 if done else lines - 1) > lim.max_headers:
+            raise HeadRefused(431, TOO_MANY_HEADERS, f"more than {lim.max_headers} header lines")
+        self._check_lines(data, pos, stop)
         size = self._used + stop - pos
         if size > lim.max_head_bytes:
             raise HeadRefused(431, HEADERS_TOO_LARGE, f"request head over {lim.max_head_bytes} bytes")
-        lines = self._lines + data.count(b"\n", pos, stop)
-        # complete header lines: every line feed but the request line's (and the empty line's, at the end)
-        headers = lines - 2 if done else lines - 1
-        if headers > lim.max_headers:
-            raise HeadRefused(431, TOO_MANY_HEADERS, f"more than {lim.max_headers} header lines")
         if done:
-            self._used = self._lines = 0
+            self._used = self._lines = self._line = 0
             self._line_done = False
             self._tail = b""
             self._head_started = None
@@ -174,6 +165,25 @@ class ConnGuard:
         self._lines = lines
         self._tail = data[-3:] if len(data) - pos >= 3 else (self._tail + data[pos:])[-3:]
         return -1
+
+    def _check_lines(self, data: bytes, start: int, stop: int) -> None:
+        """Every line (CRLF included) within max_line_bytes; the request line's excess is a 414.
+        At most max_headers + 2 turns: the header count was checked first."""
+        limit = self.limits.max_line_bytes
+        line = self._line
+        while True:
+            nl = data.find(b"\n", start, stop)
+            line += (stop if nl < 0 else nl + 1) - start
+            if line > limit:
+                if not self._line_done:
+                    raise HeadRefused(414, REQUEST_LINE_TOO_LONG, f"request line over {limit} bytes")
+                raise HeadRefused(431, HEADERS_TOO_LARGE, f"a header line over {limit} bytes")
+            if nl < 0:
+                self._line = line
+                return
+            self._line_done = True
+            line = 0
+            start = nl + 1
 
     def head_pending(self, now: float) -> None:
         """Bytes of a head arrived and it is not complete: the header timeout runs from its first byte."""
@@ -235,13 +245,17 @@ class ConnGuard:
             self.deadline = self._idle_since + lim.idle_timeout
             self.reason = IDLE_TIMEOUT
 
-    def expired(self, now: float, reading_paused: bool) -> str | None:
+    def expired(self, now: float, reading_paused: bool, busy: bool = False) -> str | None:
         """The reason to close the connection now, or None. `reading_paused`: we stopped reading the
-        client (flow control), so a silent body is our doing, not the client's."""
+        client (flow control), so a silent body is our doing, not the client's. `busy`: a request is
+        being answered, so the connection is not idle whatever the bookkeeping says."""
         if self.deadline is None or now < self.deadline:
             return None
         if self.reason == BODY_TIMEOUT and reading_paused:
             self._body_seen = now
             self.deadline = now + self.limits.body_timeout
+            return None
+        if self.reason == IDLE_TIMEOUT and busy:
+            self.deadline = now + self.limits.idle_timeout
             return None
         return self.reason

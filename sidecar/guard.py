@@ -33,6 +33,11 @@ log = logging.getLogger("sidecar.conn")
 # How long a refused or timed-out client's remaining bytes are drained after the answer (nginx: lingering_close).
 _LINGER_SECONDS = 1.0
 
+# A refused head is a rejected request: its reason (errors.py), by the status it gets.
+_REJECTED = {400: BadRequest.reason, 414: RequestLineTooLong.reason, 431: HeadersTooLarge.reason}
+
+_CRLF2 = b"\r\n\r\n"
+
 OnClose = Callable[[str, int | None], None]  # (reason, status answered or None)
 
 
@@ -99,6 +104,7 @@ class GuardedHandler(RequestHandler):
         g = self._guard
         now = self._loop.time()
         pos, n = 0, len(data)
+        base = self._request_count  # requests parsed from this read have not been started: see _only_error
         while pos < n:
             if len(self._messages) >= self._max_msg_queue_size:
                 # The queue of pipelined requests is full: keep the rest until it drains (aiohttp pauses
@@ -110,10 +116,14 @@ class GuardedHandler(RequestHandler):
                 count = self._request_count
                 super().data_received(data if take == n else data[pos : pos + take])
                 pos += take
+                if self._request_count != count and isinstance(self._messages[-1][0], _ErrInfo):
+                    g.body_done()
+                    self._only_error(base)
+                    break
                 if g.in_body and self._body_payload is not None and self._body_payload.is_eof():
                     g.body_done()  # a chunked body ended inside this read
                     self._body_payload = None
-                    if pos < n or self._request_count != count:
+                    if self._request_count != count or not data.endswith(_CRLF2):
                         # The parser went on into the next request unguarded: serve this one and close.
                         self.close()
                         return
@@ -140,6 +150,7 @@ class GuardedHandler(RequestHandler):
             msg, payload = self._messages[-1]
             if isinstance(msg, _ErrInfo):
                 g.request(None, now)
+                self._only_error(base)
                 break  # aiohttp answers 400 and closes
             if payload.is_eof():
                 g.request(None, now)
@@ -154,6 +165,16 @@ class GuardedHandler(RequestHandler):
         g.settle(now)
         self._arm()
 
+    def _only_error(self, base: int) -> None:
+        """The parser refused bytes of this read after requests that came earlier in it. Fed the read at
+        once, as aiohttp does, it would have given only the 400 ("data after Connection: close", a body
+        that breaks its framing): drop those requests too, none of them may reach the app."""
+        for _ in range(self._request_count - base - 1):
+            if len(self._messages) < 2:
+                break
+            del self._messages[-2]
+        self.close()  # aiohttp closes after the 400; read nothing more meanwhile
+
     # --- answers and closes --------------------------------------------------------------------------
 
     def _refuse(self, r: HeadRefused) -> None:
@@ -162,7 +183,7 @@ class GuardedHandler(RequestHandler):
         if self._request_in_progress or self._messages:
             self.close()  # an earlier pipelined request is being answered: finish it, then close
         else:
-            self._write_and_close(_answer(r.status, r.reason, r.description))
+            self._write_and_close(_answer(r.status, _REJECTED[r.status], r.description))
 
     def _write_and_close(self, answer: bytes) -> None:
         """Answer, half-close, and drain what the client still sends for a moment before closing: closing
@@ -199,7 +220,8 @@ class GuardedHandler(RequestHandler):
         self._timer = None
         if not self._guarding or self._force_close or self._close or self.transport is None:
             return
-        reason = self._guard.expired(self._loop.time(), self._reading_paused)
+        busy = self._request_in_progress or bool(self._messages)
+        reason = self._guard.expired(self._loop.time(), self._reading_paused, busy)
         if reason is None:
             self._arm()
             return
@@ -241,11 +263,10 @@ class GuardedRunner(web.AppRunner):
 
 def counting(m: Metrics) -> OnClose:
     """Count each close by reason; a refused head is also a rejected request (its reason in errors.py)."""
-    rejected = {400: BadRequest.reason, 414: RequestLineTooLong.reason, 431: HeadersTooLarge.reason}
 
     def on_close(reason: str, status: int | None) -> None:
         m.connections_closed.labels(reason).inc()
         if status is not None:
-            m.requests_rejected.labels(rejected[status]).inc()
+            m.requests_rejected.labels(_REJECTED[status]).inc()
 
     return on_close

@@ -69,12 +69,21 @@ def test_a_head_over_the_byte_limit_is_refused_with_431_before_it_ends() -> None
 
 
 def test_a_head_exactly_at_the_byte_limit_passes() -> None:
-    start = b"GET / HTTP/1.1\r\nX: "
-    head = start + b"a" * (256 - len(start) - 4) + b"\r\n\r\n"
+    head = b"GET / HTTP/1.1\r\n" + b"X: " + b"a" * 57 + b"\r\n"  # 16 + 62 bytes
+    head += b"Y: " + b"b" * 57 + b"\r\n" + b"Z: " + b"c" * 57 + b"\r\n"  # + 124
+    head += b"W: " + b"d" * (256 - len(head) - 7) + b"\r\n\r\n"
     assert len(head) == 256
     assert ConnGuard(LIMITS, now=0).head(head, 0) == 256
     with pytest.raises(HeadRefused):
-        ConnGuard(LIMITS, now=0).head(head[:-4] + b"a\r\n\r\n", 0)
+        ConnGuard(LIMITS, now=0).head(head[:-4] + b"d\r\n\r\n", 0)
+
+
+def test_a_header_line_over_the_line_limit_is_refused_with_431_even_split_across_reads() -> None:
+    g = ConnGuard(LIMITS, now=0)
+    e = refused(g, b"GET / HTTP/1.1\r\nX: " + b"a" * 30, b"a" * 30, b"a\r\n\r\n")
+    assert (e.status, e.reason) == (431, HEADERS_TOO_LARGE)
+    fits = b"GET / HTTP/1.1\r\nX: " + b"a" * 59 + b"\r\n\r\n"  # the header line is exactly 64 bytes
+    assert ConnGuard(LIMITS, now=0).head(fits, 0) == len(fits)
 
 
 def test_too_many_header_lines_are_refused_even_before_the_head_ends() -> None:
@@ -117,6 +126,14 @@ def test_between_requests_the_idle_timeout_runs_from_the_end_of_the_response() -
     assert g.deadline is None  # the app is answering: not the client's time
     g.response_done(now=3)
     assert (g.deadline, g.reason) == (78, IDLE_TIMEOUT)
+
+
+def test_an_idle_deadline_never_closes_a_connection_that_is_answering() -> None:
+    g = ConnGuard(LIMITS, now=0)
+    g.response_done(now=0)
+    assert g.expired(75, reading_paused=False, busy=True) is None
+    assert g.deadline == 150
+    assert g.expired(150, reading_paused=False) == IDLE_TIMEOUT
 
 
 def test_a_body_must_not_pause_longer_than_the_body_timeout() -> None:

@@ -310,3 +310,21 @@ def test_pipelined_an_oversized_head_after_good_ones_closes_the_connection(sc: S
     assert b"/public/bad" not in answer
     assert answer.count(b"HTTP/1.1 200 ") <= 3  # earlier requests may be answered; the big one never reaches the app
     assert closed_count(sc, "headers_too_large") == before + 1
+
+
+def test_memory_chunked_trailers_are_bounded_by_the_line_and_count_limits(sc: SidecarProcess) -> None:
+    """Trailers are header lines after the body: the parser holds them, so its own limits are ours."""
+    assert sc.proc is not None
+    request(sc.url, path="/public")
+
+    def trailers() -> Iterator[bytes]:
+        yield b"POST /public/t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n"
+        for i in range(60):
+            yield b"X-T-%d: " % i + b"t" * (120 * 1024) + b"\r\n"
+        yield b"\r\n"
+
+    rss_before, _ = rss_kib(sc.proc.pid)
+    answers = at_once(CONCURRENT, lambda: send_until_refused(sc.port, trailers()))
+    _, peak = rss_kib(sc.proc.pid)
+    assert all(status_of(a) in (400, None) for a in answers), answers[0][:300]  # a parser error
+    assert peak - rss_before < CONCURRENT * (16384 * MAX_HEADERS) * 2 // 1024 + 8 * 1024
