@@ -185,6 +185,24 @@ class ConnGuard:
             line = 0
             start = nl + 1
 
+    def whole_head(self, data: bytes) -> bool:
+        """Is `data` exactly one new head, ending at its last byte, inside every limit? (The usual read:
+        true means the guard has nothing to remember about it.)"""
+        lim = self.limits
+        return (
+            self._used == 0
+            and self._body_left is None
+            and data.endswith(_CRLF2)
+            and len(data) <= lim.max_line_bytes
+            and data.find(_CRLF2) == len(data) - 4
+            and data.count(b"\n") - 2 <= lim.max_headers
+            and not data.startswith(b"\r\n")
+        )
+
+    def opened(self) -> None:
+        """A request without a body was parsed (the partner of whole_head)."""
+        self._open_requests += 1
+
     def head_pending(self, now: float) -> None:
         """Bytes of a head arrived and it is not complete: the header timeout runs from its first byte."""
         if self._head_started is None:

@@ -102,7 +102,30 @@ class GuardedHandler(RequestHandler):
             super().data_received(data)
             return
         g = self._guard
-        now = self._loop.time()
+        if g.whole_head(data) and len(self._messages) < self._max_msg_queue_size:
+            # The usual read: one whole head inside every limit, nothing after it, no body.
+            count = self._request_count
+            super().data_received(data)
+            if self._request_count == count + 1 and not self._upgraded:
+                msg, payload = self._messages[-1]
+                if payload.is_eof() and not isinstance(msg, _ErrInfo):
+                    g.opened()
+                    return  # no timer work: _expire works the deadline out from the state when it fires
+            now = self._loop.time()
+            self._parsed(count, count, now)
+        else:
+            now = self._loop.time()
+            self._read(data, now)
+        if self._upgraded:
+            self._stop_guarding()
+            return
+        if not (self._close or self._force_close):
+            g.settle(now)
+            self._arm()
+
+    def _read(self, data: bytes, now: float) -> None:
+        """Show the read to the guard head by head, body by body, feeding the parser what passes."""
+        g = self._guard
         pos, n = 0, len(data)
         base = self._request_count  # requests parsed from this read have not been started: see _only_error
         while pos < n:
@@ -110,7 +133,7 @@ class GuardedHandler(RequestHandler):
                 # The queue of pipelined requests is full: keep the rest until it drains (aiohttp pauses
                 # reading and calls data_received(b"") when it has room again).
                 self._held = data[pos:]
-                break
+                return
             if g.in_body:
                 take = g.body(n - pos, now)
                 count = self._request_count
@@ -119,7 +142,7 @@ class GuardedHandler(RequestHandler):
                 if self._request_count != count and isinstance(self._messages[-1][0], _ErrInfo):
                     g.body_done()
                     self._only_error(base)
-                    break
+                    return
                 if g.in_body and self._body_payload is not None and self._body_payload.is_eof():
                     g.body_done()  # a chunked body ended inside this read
                     self._body_payload = None
@@ -137,33 +160,37 @@ class GuardedHandler(RequestHandler):
             count = self._request_count
             super().data_received(data if (pos == 0 and stop == n) else data[pos:stop])
             pos = stop
-            if self._force_close or self._close or self._upgraded:
-                break
             if end < 0:
                 if g.head_in_progress:
                     g.head_pending(now)
+                if self._force_close or self._close or self._upgraded:
+                    return
                 continue
-            if self._request_count == count:
-                # Our reading says the head ended; the parser's does not. One reading only: refuse.
-                self._refuse(HeadRefused(400, "bad_request", "the request head does not parse"))
+            if not self._parsed(count, base, now):
                 return
-            msg, payload = self._messages[-1]
-            if isinstance(msg, _ErrInfo):
-                g.request(None, now)
-                self._only_error(base)
-                break  # aiohttp answers 400 and closes
-            if payload.is_eof():
-                g.request(None, now)
-            elif msg.chunked or "Content-Length" not in msg.headers:
-                self._body_payload = payload
-                g.request(-1, now)
-            else:
-                g.request(int(msg.headers.get("Content-Length", "-1")), now)
-        if self._upgraded:
-            self._stop_guarding()
-            return
-        g.settle(now)
-        self._arm()
+
+    def _parsed(self, count: int, base: int, now: float) -> bool:
+        """A head ended and was fed: book its request and its body. False: read nothing more."""
+        if self._force_close or self._close or self._upgraded:
+            return False
+        if self._request_count == count:
+            # Our reading says the head ended; the parser's does not. One reading only: refuse.
+            self._refuse(HeadRefused(400, "bad_request", "the request head does not parse"))
+            return False
+        g = self._guard
+        msg, payload = self._messages[-1]
+        if isinstance(msg, _ErrInfo):
+            g.request(None, now)
+            self._only_error(base)
+            return False  # aiohttp answers 400 and closes
+        if payload.is_eof():
+            g.request(None, now)
+        elif msg.chunked or "Content-Length" not in msg.headers:
+            self._body_payload = payload
+            g.request(-1, now)
+        else:
+            g.request(int(msg.headers["Content-Length"]), now)
+        return True
 
     def _only_error(self, base: int) -> None:
         """The parser refused bytes of this read after requests that came earlier in it. Fed the read at
@@ -220,8 +247,10 @@ class GuardedHandler(RequestHandler):
         self._timer = None
         if not self._guarding or self._force_close or self._close or self.transport is None:
             return
+        now = self._loop.time()
+        self._guard.settle(now)
         busy = self._request_in_progress or bool(self._messages)
-        reason = self._guard.expired(self._loop.time(), self._reading_paused, busy)
+        reason = self._guard.expired(now, self._reading_paused, busy)
         if reason is None:
             self._arm()
             return

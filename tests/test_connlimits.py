@@ -41,6 +41,18 @@ def test_a_head_in_one_read_ends_just_past_its_empty_line() -> None:
     assert not g.head_in_progress
 
 
+def test_whole_head_is_one_new_head_ending_at_the_last_byte_inside_every_limit() -> None:
+    g = ConnGuard(LIMITS, now=0)
+    assert g.whole_head(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert not g.whole_head(b"GET")  # a piece: the general path
+    assert not g.whole_head(b"GET / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n")  # pipelined
+    assert not g.whole_head(b"\r\n\r\n")
+    assert not g.whole_head(b"GET / HTTP/1.1\r\n" + b"A: b\r\n" * 5 + b"\r\n")  # too many headers
+    assert not g.whole_head(b"GET /" + b"a" * 64 + b" HTTP/1.1\r\n\r\n")  # longer than a line may be
+    g.head(b"GET / HT", 0)
+    assert not g.whole_head(b"TP/1.1\r\n\r\n")  # the end of a head begun earlier
+
+
 def test_a_terminator_split_across_reads_is_found() -> None:
     for cut in range(1, 4):
         g = ConnGuard(LIMITS, now=0)
