@@ -236,12 +236,18 @@ class ConnGuard:
         self._body_left = None
 
     def response_done(self, now: float) -> None:
+        """A response was written. The idle deadline that may follow is worked out by `settle()` when the
+        connection's timer next fires (never later than `period` from now), not here on every request."""
         self._open_requests = max(0, self._open_requests - 1)
         self._served = True
-        if self._open_requests == 0 and not self.head_in_progress and not self.in_body:
-            self._idle_since = now
-            self.deadline = now + self.limits.idle_timeout
-            self.reason = IDLE_TIMEOUT
+        self._idle_since = now
+
+    @property
+    def period(self) -> float:
+        """The longest a connection's timer may sleep when no deadline is due: the shortest timeout, so
+        that any deadline that starts meanwhile (a response ends: idle) is caught in time."""
+        lim = self.limits
+        return min(lim.header_timeout, lim.idle_timeout, lim.body_timeout)
 
     # --- time ------------------------------------------------------------------------------------------
 

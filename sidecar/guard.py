@@ -83,7 +83,6 @@ class GuardedHandler(RequestHandler):
         super().log_access(request, response, time)
         if self._guarding:
             self._guard.response_done(self._loop.time())
-            self._arm()
         elif self._payload_parser is None and not self._force_close:
             # An upgrade the app refused: aiohttp would go on parsing what followed it unguarded. Close.
             self.close()
@@ -233,9 +232,11 @@ class GuardedHandler(RequestHandler):
             self._timer = None
 
     def _arm(self) -> None:
-        when = self._guard.deadline
-        if when is None or self.transport is None or self._close:
+        """Keep one timer pending, at the deadline if one is due, else within the guard's period."""
+        if self.transport is None or self._close:
             return
+        g = self._guard
+        when = g.deadline if g.deadline is not None else self._loop.time() + g.period
         if self._timer is not None:
             if self._timer_at <= when:
                 return  # fires early and re-arms itself

@@ -137,12 +137,15 @@ def test_between_requests_the_idle_timeout_runs_from_the_end_of_the_response() -
     g.settle(now=1)
     assert g.deadline is None  # the app is answering: not the client's time
     g.response_done(now=3)
+    g.settle(now=3)
     assert (g.deadline, g.reason) == (78, IDLE_TIMEOUT)
+    assert g.period == 10  # the timer never sleeps longer than the shortest timeout
 
 
 def test_an_idle_deadline_never_closes_a_connection_that_is_answering() -> None:
     g = ConnGuard(LIMITS, now=0)
     g.response_done(now=0)
+    g.settle(now=0)
     assert g.expired(75, reading_paused=False, busy=True) is None
     assert g.deadline == 150
     assert g.expired(150, reading_paused=False) == IDLE_TIMEOUT
