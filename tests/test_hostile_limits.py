@@ -159,6 +159,7 @@ def test_memory_an_endless_request_line_gets_414_before_it_is_buffered(sc: Sidec
     answers = at_once(4, lambda: send_until_refused(sc.port, endless()))
     assert [status_of(a) for a in answers] == [414] * 4
     assert closed_count(sc, "request_line_too_long") == before + 4
+    assert sc.metric("sidecar_requests_rejected_total", reason="request_line_too_long") >= 4
 
 
 def test_memory_a_head_split_across_many_reads_is_judged_as_one(sc: SidecarProcess) -> None:
@@ -257,6 +258,16 @@ def test_slow_stalled_bodies_are_closed_after_the_body_timeout(sc: SidecarProces
         elapsed, _, _answer = r.partition(b" ")
         assert float(elapsed) < TIMEOUT + 1.2
     assert closed_count(sc, "body_timeout") == before + 8
+
+
+def test_slow_a_stalled_chunked_body_is_closed_after_the_body_timeout(sc: SidecarProcess) -> None:
+    before = closed_count(sc, "body_timeout")
+    with connect(sc.port) as s:
+        s.sendall(b"POST /public/upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel")
+        started = time.monotonic()
+        read_to_close(s)
+        assert time.monotonic() - started < TIMEOUT + 1.2
+    assert closed_count(sc, "body_timeout") == before + 1
 
 
 def test_slow_a_large_body_that_streams_steadily_is_not_cut(sc: SidecarProcess) -> None:
