@@ -25,9 +25,11 @@ from sidecar.admin import admin_app
 from sidecar.authorize import authorize, preflight
 from sidecar.clock import Clock, OffsetClock, clock_from_environment
 from sidecar.config import Config
+from sidecar.connlimits import ConnLimits
 from sidecar.cors import CorsPolicy
 from sidecar.decision import decision_app
 from sidecar.formbody import FormScan, check_encoding, content_type, form_kind
+from sidecar.guard import GuardedRunner, counting
 from sidecar.headers import GRACE_SUFFIX, HeaderPolicy
 from sidecar.keys.channel import LocalChannel, SocketChannel, line_limit
 from sidecar.keys.hub import KeyHub
@@ -81,8 +83,6 @@ class Sidecar:
 
 
 STATE = web.AppKey("sidecar", Sidecar)
-# aiohttp's parser refuses (400) anything above this before the sidecar sees it; below it, limits.* apply (431).
-PARSER_CEILING = 1 << 17
 
 
 def build_state(
@@ -252,16 +252,23 @@ async def run_until_signal(
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread, or Windows
             loop.add_signal_handler(sig, stop.set)
-    admin_runner = web.AppRunner(admin_app(state, STATE), access_log=None, handle_signals=False)
+    # Head size, header count and slow clients are bounded per connection, before aiohttp's parser buffers.
+    limits, closed = ConnLimits.from_config(cfg.limits), counting(state.metrics)
+    admin_runner = GuardedRunner(
+        admin_app(state, STATE), limits.for_admin(), closed, access_log=None, handle_signals=False
+    )
     await admin_runner.setup()
-    proxy_runner = web.AppRunner(
+    proxy_runner = GuardedRunner(
         proxy_app(state),
+        limits,
+        closed,
         access_log=None,
         handle_signals=False,
         shutdown_timeout=cfg.limits.drain_timeout,
-        max_field_size=PARSER_CEILING,
-        max_line_size=PARSER_CEILING,
-        max_headers=1024,
+        # The guard refuses longer lines (414/431) before the parser sees them; these bound chunked trailers.
+        max_field_size=cfg.limits.max_header_bytes,
+        max_line_size=cfg.limits.max_header_bytes,
+        max_headers=cfg.limits.max_headers,
     )
     await proxy_runner.setup()
     admin_host, admin_port = _split(cfg.admin_listen)
@@ -270,13 +277,16 @@ async def run_until_signal(
     await web.TCPSite(proxy_runner, host, port, reuse_address=True, reuse_port=reuse_port, backlog=1024).start()
     decision_runner = None
     if cfg.decision is not None:
-        decision_runner = web.AppRunner(
+        decision_runner = GuardedRunner(
             decision_app(state, STATE),
+            limits,
+            closed,
             access_log=None,
             handle_signals=False,
             shutdown_timeout=cfg.limits.drain_timeout,
-            max_field_size=PARSER_CEILING,
-            max_line_size=PARSER_CEILING,
+            max_field_size=cfg.limits.max_header_bytes,
+            max_line_size=cfg.limits.max_header_bytes,
+            max_headers=cfg.limits.max_headers,
         )
         await decision_runner.setup()
         d_host, d_port = _split(cfg.decision.listen)

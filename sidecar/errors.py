@@ -169,7 +169,7 @@ class BadRequest(RequestRejected):
 class HeadersTooLarge(RequestRejected):
     status = 431
     reason = "headers_too_large"
-    summary = "a header or the header block exceeds limits.max_header_bytes"
+    summary = "a header, the head or the header count exceeds limits.max_header*"
 
 
 class BodyTooLarge(RequestRejected):
@@ -194,6 +194,12 @@ class ConflictingForwarded(RequestRejected):
     status = 400
     reason = "conflicting_forwarded"
     summary = "decision mode: forwarded method/URI headers repeat, disagree, lack their pair, or X-Original-URL is sent"
+
+
+class RequestLineTooLong(RequestRejected):
+    status = 414
+    reason = "request_line_too_long"
+    summary = "the request line exceeds limits.max_header_bytes (answered before it is buffered)"
 
 
 # --- the upstream app ---------------------------------------------------------------------------------

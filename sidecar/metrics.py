@@ -15,6 +15,15 @@ _UPSTREAM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
 JWKS_FETCH_RESULTS = ("success", "http_error", "timeout", "invalid", "refused")
 WEBSOCKET_ENDS = ("client_closed", "app_closed", "token_expired", "refused_by_app", "error")
 KEY_IGNORED_REASONS = ("weak", "symmetric", "enc", "unsupported", "invalid")
+CONNECTION_CLOSE_REASONS = (
+    "header_timeout",
+    "idle_timeout",
+    "body_timeout",
+    "headers_too_large",
+    "too_many_headers",
+    "request_line_too_long",
+    "bad_request",
+)
 
 
 def exposition(m: Metrics) -> bytes:
@@ -156,6 +165,14 @@ class Metrics:
             ["provider", "result"],
             registry=r,
         )
+        self.connections_closed = Counter(
+            "sidecar_connections_closed",
+            "Connections the sidecar closed for a limit or a timeout, by reason",
+            ["reason"],
+            registry=r,
+        )
+        for reason in CONNECTION_CLOSE_REASONS:
+            self.connections_closed.labels(reason)
         for reason in AUTH_REASONS:
             self.auth_failures.labels(reason)
         for reason in REQUEST_REASONS:

@@ -30,7 +30,7 @@ def test_every_reason_the_contract_names_exists_with_status_error_and_label() ->
     reasons = [c.reason for c in all_reasons()]
     assert len(reasons) == len(set(reasons))
     for cls in all_reasons():
-        assert cls.status in (400, 401, 403, 413, 431, 502, 503, 504)
+        assert cls.status in (400, 401, 403, 413, 414, 431, 502, 503, 504)
         assert cls.family in ("auth", "request", "upstream") and cls.summary
 
 

@@ -514,12 +514,20 @@ class Limits:
     """Sizes and timeouts."""
 
     max_token_bytes: WholeNumber = key(8192, "longer tokens: 401 token_too_large", ge=256)
-    max_header_bytes: WholeNumber = key(16384, "one header line (name + value): 431", ge=1024)
+    max_header_bytes: WholeNumber = key(16384, "one header line (name + value): 431; the request line: 414", ge=1024)
     max_headers_total_bytes: WholeNumber = key(65536, "all headers together: 431", ge=4096)
     max_body_bytes: WholeNumber = key(0, "413 beyond it, by Content-Length or while streaming (0: no limit)", ge=0)
     upstream_connect_timeout: Duration = key(5.0, "connecting to the app; then 502", ge=0.1)
     upstream_timeout: Duration = key(60.0, "no response from the app for this long: 504", ge=0.1)
     drain_timeout: Duration = key(20.0, "on SIGTERM, in-flight requests get this long", ge=0)
+    max_headers: WholeNumber = key(100, "header lines in one request head: 431, checked while the head arrives", ge=8)
+    header_timeout: Duration = key(
+        30.0, "a request head must arrive within this, from its first byte (or the accept): 408 and close", ge=0.1
+    )
+    idle_timeout: Duration = key(
+        75.0, "keep-alive silence allowed after a response before closing (keep above the pool idle in front)", ge=0.1
+    )
+    body_timeout: Duration = key(60.0, "longest pause between two reads of a request body: close", ge=0.1)
 
     @model_validator(mode="after")
     def _check(self) -> Limits:
