@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -29,9 +30,10 @@ def free_port() -> int:
 
 
 class ThreadedServer:
-    """An aiohttp app served from its own thread and loop, so sync tests and subprocesses can call it."""
+    """An aiohttp app served from its own thread and loop, so sync tests and subprocesses can call it;
+    over https when given a TLS context."""
 
-    def __init__(self, app: web.Application) -> None:
+    def __init__(self, app: web.Application, tls: ssl.SSLContext | None = None) -> None:
         self.app = app
         self.loop = asyncio.new_event_loop()
         self.port = 0
@@ -44,7 +46,7 @@ class ThreadedServer:
             async def start() -> None:
                 self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
                 await self._runner.setup()
-                site = web.TCPSite(self._runner, "127.0.0.1", 0)
+                site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=tls)
                 await site.start()
                 self.port = self._runner.addresses[0][1]
 
@@ -55,10 +57,11 @@ class ThreadedServer:
         self.thread = threading.Thread(target=run, daemon=True)
         self.thread.start()
         ready.wait(10)
+        self.scheme = "http" if tls is None else "https"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
         async def stop() -> None:

@@ -13,8 +13,8 @@ from aiohttp import web
 
 from sidecar.devtools.issuer import DevIssuer
 from tests.conftest import Upstream
-from tests.idp_support import ThreadedTLSServer, private_ca
-from tests.support import SidecarProcess, request
+from tests.idp_support import private_ca
+from tests.support import SidecarProcess, ThreadedServer, request
 
 ISSUER = "https://kubernetes.default.svc.cluster.local"
 SA_TOKEN = "eyJhbGciOiJSUzI1NiJ9.ZTJlLXNpZGVjYXItdG9rZW4.c2ln"
@@ -38,19 +38,19 @@ class ApiServer:
 
 
 @pytest.fixture(scope="module")
-def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ApiServer, ThreadedTLSServer, Path]]:
+def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ApiServer, ThreadedServer, Path]]:
     tmp = tmp_path_factory.mktemp("apiserver")
     ca = private_ca("cluster CA")
     dev = DevIssuer(issuer=ISSUER, audience="orders-api")
     api = ApiServer(dev)
-    server = ThreadedTLSServer(api.app(), ca.server_context(tmp))
+    server = ThreadedServer(api.app(), ca.server_context(tmp))
     ca.write_ca(tmp / "ca.crt")
     (tmp / "token").write_text(SA_TOKEN + "\n")
     yield api, server, tmp
     server.stop()
 
 
-def _config(tmp: Path, server: ThreadedTLSServer, upstream: Upstream, with_ca: bool = True) -> Path:
+def _config(tmp: Path, server: ThreadedServer, upstream: Upstream, with_ca: bool = True) -> Path:
     provider = {
         "name": "kubernetes",
         "issuer": ISSUER,
@@ -66,7 +66,7 @@ def _config(tmp: Path, server: ThreadedTLSServer, upstream: Upstream, with_ca: b
 
 
 def test_a_real_sidecar_reads_the_api_server_key_set_with_ca_file_and_bearer_token(
-    api_server: tuple[ApiServer, ThreadedTLSServer, Path], upstream: Upstream
+    api_server: tuple[ApiServer, ThreadedServer, Path], upstream: Upstream
 ) -> None:
     api, server, tmp = api_server
     proc = SidecarProcess(["--config", str(_config(tmp, server, upstream))]).start()
@@ -82,7 +82,7 @@ def test_a_real_sidecar_reads_the_api_server_key_set_with_ca_file_and_bearer_tok
 
 
 def test_a_real_sidecar_without_the_cluster_ca_never_trusts_the_api_server(
-    api_server: tuple[ApiServer, ThreadedTLSServer, Path], upstream: Upstream
+    api_server: tuple[ApiServer, ThreadedServer, Path], upstream: Upstream
 ) -> None:
     api, server, tmp = api_server
     before = len(api.seen)
