@@ -79,9 +79,12 @@ def parser() -> argparse.ArgumentParser:
         "the config (keys fetched once), or --admin URL to ask a running sidecar. Docs: docs/explain.md",
     )
     add_flags(explain)
-    from sidecar.explain import add_arguments
-
-    add_arguments(explain)
+    # declared here: importing sidecar.explain would import prometheus_client before `run` sets multiprocess mode
+    explain.add_argument("--method", default="GET", help="the request's method (default GET)")
+    explain.add_argument("--path", default="/", help="the request's path, for the route rule (default /)")
+    explain.add_argument("--admin", metavar="URL", help="ask a running sidecar's admin listener (live keys, clock)")
+    explain.add_argument("--json", action="store_true", help="machine output (shape: docs/explain.md)")
+    explain.add_argument("token", help="the token, or - to read it from stdin")
     health = sub.add_parser("healthcheck", help="exit 0 if the running sidecar's /healthz answers 200 (HEALTHCHECK)")
     health.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the answer (default 2)")
     return p

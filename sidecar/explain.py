@@ -518,11 +518,3 @@ def run(args: argparse.Namespace, clock: Clock | None = None) -> int:
     else:
         sys.stdout.write(render_text(result))
     return EXIT_ALLOWED if result.get("verdict") == "allowed" else EXIT_REFUSED
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", default="GET", help="the request's method (default GET)")
-    p.add_argument("--path", default="/", help="the request's path, for the route rule (default /)")
-    p.add_argument("--admin", metavar="URL", help="ask a running sidecar's admin listener instead (live keys, clock)")
-    p.add_argument("--json", action="store_true", help="machine output (shape: docs/explain.md)")
-    p.add_argument("token", help="the token, or - to read it from stdin")
