@@ -275,6 +275,17 @@ def test_admin_explain_is_guarded_like_every_admin_action(issuer: DevIssuer, run
     assert bad.status == 400 and bad.json()["reason"] == "bad_request"
 
 
+def test_with_several_workers_any_worker_answers_from_the_pods_keys(issuer: DevIssuer, upstream: Upstream) -> None:
+    proc = SidecarProcess(sidecar_args(issuer, upstream, "--workers", "2")).start()
+    try:
+        answers = [cli("--admin", proc.admin, "--json", issuer.mint()) for _ in range(4)]
+        assert [a.returncode for a in answers] == [0] * 4, [a.stderr for a in answers]
+        keys = {json.loads(a.stdout)["key"]["thumbprint"] for a in answers}
+        assert len(keys) == 1
+    finally:
+        proc.stop()
+
+
 def test_admin_mode_against_nothing_is_a_usage_error(issuer: DevIssuer) -> None:
     out = cli("--admin", "http://127.0.0.1:9", issuer.mint())
     assert out.returncode == 2 and "explain:" in out.stderr
