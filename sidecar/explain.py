@@ -514,7 +514,7 @@ def run(args: argparse.Namespace, clock: Clock | None = None) -> int:
         print(f"explain: {e}", file=sys.stderr)
         return EXIT_USAGE
     if args.json:
-        print(json.dumps(result, indent=2, sort_keys=True))
+        print(json.dumps(result, indent=2, sort_keys=True, ensure_ascii=False))
     else:
         sys.stdout.write(render_text(result))
     return EXIT_ALLOWED if result.get("verdict") == "allowed" else EXIT_REFUSED
