@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import sys
 import urllib.error
@@ -113,6 +114,16 @@ def _placed(token: str, source: str) -> tuple[CIMultiDictProxy[str], MultiDictPr
     return CIMultiDictProxy(headers), MultiDictProxy(query)
 
 
+def _numeric(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    try:
+        t = float(v)  # an integer like 10**400 is valid JSON and overflows here
+    except OverflowError:
+        return None
+    return t if math.isfinite(t) else None
+
+
 def _time_claims(
     claims: dict[str, Any], now: float, leeway: float, grace: float, lifetime: float
 ) -> list[dict[str, Any]]:
@@ -121,10 +132,10 @@ def _time_claims(
         if name not in claims:
             continue
         v = claims[name]
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            out.append({"claim": name, "value": v, "ok": False, "text": f"{name} is not a NumericDate"})
+        t = _numeric(v)
+        if t is None:
+            out.append({"claim": name, "value": v, "ok": False, "text": f"{name} is not a NumericDate in range"})
             continue
-        t = float(v)
         head = f"{name} {_iso(t)}"
         ok = True
         if name == "exp":
@@ -368,6 +379,9 @@ def _provider_and_key(
             check(
                 "signature", False, f"alg {alg!r} does not fit this key or provider ({', '.join(provider.algorithms)})"
             )
+    elif "kid" in header:
+        out["key"] = {"kid": kid, "thumbprint": None, "kty": None, "state": "unknown", "retained_for": None}
+        check("key", False, f"kid {json.dumps(kid)} is not a string")
     else:
         n = len(pk.keys.candidates(alg, mono)) if isinstance(alg, str) else 0
         out["key"] = {
@@ -416,9 +430,14 @@ async def explain_request(s: Sidecar, request: web.Request) -> web.Response:
 
     Called after the admin guard; every worker of a pod holds the same published key state, so any answers."""
     limit = s.cfg.limits.max_token_bytes + 4096
-    raw = await request.content.read(limit + 1)
-    if len(raw) > limit:
-        return _bad(f"the body is larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            return _bad(f"the body is larger than {limit} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     try:
         body = json.loads(raw)
     except ValueError:

@@ -160,6 +160,36 @@ async def test_kidless_token(issuer: DevIssuer, clock: FakeClock) -> None:
     assert (await explain(issuer, bad, clock))["reason"] == "unknown_kid"
 
 
+@pytest.mark.parametrize(
+    ("claims", "headers", "reason"),
+    [
+        ({"exp": 10**400}, None, "invalid_claim"),
+        ({"nbf": "soon"}, None, "invalid_claim"),
+        ({"aud": [1, {"x": 2}]}, None, "invalid_claim"),
+        ({"iss": ["a", "b"]}, None, "invalid_claim"),
+        ({}, {"kid": 5}, "malformed"),
+        ({}, {"kid": None}, "malformed"),
+        ({}, {"crit": ["exp"]}, "malformed"),
+    ],
+)
+async def test_odd_claims_and_headers_are_explained_not_crashed_on(
+    issuer: DevIssuer, clock: FakeClock, claims: dict[str, Any], headers: dict[str, Any] | None, reason: str
+) -> None:
+    now = int(clock.now())
+    payload = {"iss": issuer.issuer, "aud": AUDIENCE, "sub": "x", "iat": now, "exp": now + 60, **claims}
+    header = {"alg": "RS256", "kid": issuer.signing.kid, **(headers or {})}
+    token = sign_raw(json.dumps(header).encode(), json.dumps(payload).encode(), issuer.signing.private, "RS256")
+    e = await explain(issuer, token, clock)
+    assert (e["verdict"], e["reason"]) == ("refused", reason)
+    json.dumps(e)
+
+
+async def test_a_cookie_only_provider_is_explained_as_a_cookie_request(issuer: DevIssuer, clock: FakeClock) -> None:
+    prov = {"issuer": issuer.issuer, "audiences": [AUDIENCE], "jwks_url": f"{issuer.issuer}/jwks.json"}
+    e = await explain(issuer, issuer.mint(now=clock.now()), clock, providers=[{**prov, "token_sources": ["cookie:at"]}])
+    assert e["verdict"] == "allowed" and e["request"]["token_source"] == "cookie:at"
+
+
 async def test_garbage_is_malformed(issuer: DevIssuer, clock: FakeClock) -> None:
     e = await explain(issuer, "not-a-token", clock)
     assert (e["verdict"], e["reason"], e["header"]) == ("refused", "malformed", None)
@@ -273,6 +303,8 @@ def test_admin_explain_is_guarded_like_every_admin_action(issuer: DevIssuer, run
     assert ok.status == 200 and ok.json()["verdict"] == "allowed"
     bad = request(url, "POST", "/admin/explain", body=b"[1]", headers=json_ct)
     assert bad.status == 400 and bad.json()["reason"] == "bad_request"
+    huge = request(url, "POST", "/admin/explain", body=json.dumps({"token": "a" * 200_000}).encode(), headers=json_ct)
+    assert huge.status == 400 and "larger than" in huge.json()["description"]
 
 
 def test_with_several_workers_any_worker_answers_from_the_pods_keys(issuer: DevIssuer, upstream: Upstream) -> None:
