@@ -321,3 +321,28 @@ def test_with_several_workers_any_worker_answers_from_the_pods_keys(issuer: DevI
 def test_admin_mode_against_nothing_is_a_usage_error(issuer: DevIssuer) -> None:
     out = cli("--admin", "http://127.0.0.1:9", issuer.mint())
     assert out.returncode == 2 and "explain:" in out.stderr
+
+
+# --- the admin route in process: the sidecar's own clock and key state ------------------------------------
+
+
+async def test_admin_explain_answers_with_the_live_clock_and_retained_keys(
+    make_sidecar: Any, fresh_issuer: DevIssuer
+) -> None:
+    from tests.conftest import InProc
+
+    sc: InProc = await make_sidecar(fresh_issuer, leeway=60, expired_grace=300)
+    old = fresh_issuer.signing
+    token = fresh_issuer.mint(now=sc.clock.now(), ttl=300, key=old)
+    fresh_issuer.rotate(keep_old=False)
+    await sc.state.keys[0].refresh()  # the pod's fetcher learns the new set; the old key is retained
+    sc.clock.advance(300 + 200)
+    reply = await sc.admin.post("/admin/explain", json={"token": token, "path": "/api"})
+    assert reply.status == 200
+    e = await reply.json()
+    assert e["answered_by"] == "admin" and e["verdict"] == "allowed" and e["grace_seconds"] == pytest.approx(200, abs=1)
+    assert e["key"]["state"] == "retired" and e["key"]["retained_for"] > 0
+    assert e["now_epoch"] == pytest.approx(sc.clock.now())
+    assert sc.metric("sidecar_auth_success_total") == 0 and sc.metric("sidecar_auth_grace_accepted_total") == 0
+    assert (await sc.get("/api", token=fresh_issuer.mint(now=sc.clock.now()))).status == 200
+    assert sc.metric("sidecar_auth_success_total") == 1  # the series above was the real one
