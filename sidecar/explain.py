@@ -369,6 +369,7 @@ def _provider_and_key(
                 + ("revoked" if revoked else "no trusted key has this kid")
                 + f" (trusted kids: {', '.join(str(d['kid']) for d in described.values()) or 'none'})",
             )
+            check("signature", None, "not checked: no key to check it with")
         if key is not None and isinstance(alg, str) and alg in key.algs and alg in provider.algorithms:
             good = v._verifies(alg, key, jws)
             out["signature"] = "verified" if good else "does not verify"

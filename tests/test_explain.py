@@ -133,6 +133,19 @@ async def test_wrong_issuer(issuer: DevIssuer, clock: FakeClock) -> None:
     }
 
 
+async def test_with_several_providers_iss_chooses_one(issuer: DevIssuer, clock: FakeClock) -> None:
+    jwks = f"{issuer.issuer}/jwks.json"
+    providers = [
+        {"name": "other", "issuer": "https://other.example", "audiences": [AUDIENCE], "jwks_url": jwks},
+        {"name": "main", "issuer": issuer.issuer, "audiences": [AUDIENCE], "jwks_url": jwks},
+    ]
+    e = await explain(issuer, issuer.mint(now=clock.now()), clock, providers=providers)
+    assert e["verdict"] == "allowed" and (e["provider"]["name"], e["provider"]["chosen"]) == ("main", "by iss")
+    stray = await explain(issuer, issuer.mint(now=clock.now(), iss="https://evil.example"), clock, providers=providers)
+    assert stray["reason"] == "issuer_mismatch" and stray["provider"] is None
+    assert any(c["check"] == "provider" and c["ok"] is False for c in stray["checks"])
+
+
 async def test_insufficient_scope_names_the_rule_and_its_scopes(issuer: DevIssuer, clock: FakeClock) -> None:
     token = issuer.mint(now=clock.now(), scope="read")
     e = await explain(issuer, token, clock, path="/admin/users")
