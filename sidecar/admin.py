@@ -191,10 +191,18 @@ def admin_app(state: Sidecar, key: web.AppKey[Sidecar]) -> web.Application:
             request, {"action": "revoke", "provider": _provider(request), "kid": request.match_info["kid"]}
         )
 
+    async def explain(request: web.Request) -> web.Response:
+        # The body holds a token: it is read here and answered, never logged (nor is any part of it).
+        _allowed(request)
+        from sidecar.explain import explain_request
+
+        return await explain_request(request.app[key], request)
+
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/admin/keys", show_keys)
     app.router.add_post("/admin/keys/{provider}/refresh", refresh)
     app.router.add_post("/admin/keys/{provider}/{kid}/revoke", revoke)
+    app.router.add_post("/admin/explain", explain)
     return app

@@ -1,4 +1,6 @@
-"""Command line: `sidecar run | check-config | demo | healthcheck`. Flags > environment (SIDECAR_*) > config file.
+"""Command line: `sidecar run | check-config | explain | demo | healthcheck`.
+
+Flags > environment (SIDECAR_*) > config file.
 
 The flags come from the config model (`sidecar.config.sources.FLAGS`), so `run` and `check-config` read the
 same flags, environment and file. Exit code 2 on any config problem, one line per problem with its key path.
@@ -70,6 +72,19 @@ def parser() -> argparse.ArgumentParser:
     add_flags(check)
     demo = sub.add_parser("demo", help="dev issuer + echo app + sidecar on loopback, with curl lines")
     demo.add_argument("--port", type=int, default=0, help="sidecar port (default: a free one)")
+    explain = sub.add_parser(
+        "explain",
+        help="what the sidecar would decide for a token, check by check (exit 0 allowed, 1 refused, 2 usage)",
+        description="Run the sidecar's own decision on one token and say why, check by check. Offline from "
+        "the config (keys fetched once), or --admin URL to ask a running sidecar. Docs: docs/explain.md",
+    )
+    add_flags(explain)
+    # declared here: importing sidecar.explain would import prometheus_client before `run` sets multiprocess mode
+    explain.add_argument("--method", default="GET", help="the request's method (default GET)")
+    explain.add_argument("--path", default="/", help="the request's path, for the route rule (default /)")
+    explain.add_argument("--admin", metavar="URL", help="ask a running sidecar's admin listener (live keys, clock)")
+    explain.add_argument("--json", action="store_true", help="machine output (shape: docs/explain.md)")
+    explain.add_argument("token", help="the token, or - to read it from stdin")
     health = sub.add_parser("healthcheck", help="exit 0 if the running sidecar's /healthz answers 200 (HEALTHCHECK)")
     health.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the answer (default 2)")
     return p
@@ -115,6 +130,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sidecar.healthcheck import check
 
         return check(args.timeout)
+    if args.command == "explain":
+        from sidecar.explain import run
+
+        return run(args)
     merged: Merged | None = None
     # check-config may run where the pod's mounted key files are not (CI): it notes them instead of failing
     unread: list[str] | None = [] if args.command == "check-config" else None
