@@ -273,7 +273,6 @@ async def run_until_signal(
     await proxy_runner.setup()
     admin_host, admin_port = _split(cfg.admin_listen)
     host, port = _split(cfg.listen)
-    await web.TCPSite(admin_runner, admin_host, admin_port, reuse_address=True, reuse_port=reuse_port).start()
     await web.TCPSite(proxy_runner, host, port, reuse_address=True, reuse_port=reuse_port, backlog=1024).start()
     decision_runner = None
     if cfg.decision is not None:
@@ -291,6 +290,8 @@ async def run_until_signal(
         await decision_runner.setup()
         d_host, d_port = _split(cfg.decision.listen)
         await web.TCPSite(decision_runner, d_host, d_port, reuse_address=True, reuse_port=reuse_port).start()
+    # The admin listener opens last: a /readyz that answers means this worker's other listeners accept.
+    await web.TCPSite(admin_runner, admin_host, admin_port, reuse_address=True, reuse_port=reuse_port).start()
     if announce:  # with several workers the parent says it once for the pod
         log.info("listening", extra={"listen": cfg.listen, "admin": cfg.admin_listen, "upstream": cfg.upstream})
     else:
