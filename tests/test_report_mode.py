@@ -438,3 +438,10 @@ async def test_an_override_to_a_reporting_rule_from_an_enforcing_route_is_refuse
     r = await sc.client.delete("/doc/1", headers={"Authorization": f"Bearer {issuer.mint()}"})
     assert r.status == 200 and r.headers.get("X-Auth-Report") is None  # the app got it; the client never does
     assert sc.metric(REPORTED, reason="insufficient_scope") == 1
+
+
+def test_a_claim_header_cannot_take_the_report_header_name() -> None:
+    with pytest.raises(ConfigError, match="sets itself"):
+        _cfg(claim_headers={"X-Auth-Report": "sub"})
+    with pytest.raises(ConfigError, match="sets itself"):
+        _cfg(rules=[{"prefix": "/a", "claim_headers": {"x_auth_report": "sub"}}])

@@ -700,11 +700,19 @@ class Config:
 
 
 def _claim_header_problems(where: str, pairs: tuple[tuple[str, str], ...], prefix: str) -> list[tuple[str, str]]:
+    from sidecar.headers import GRACE_SUFFIX, REPORT_SUFFIX
+
     want = prefix.lower().replace("_", "-")
+    # the sidecar's own verdict headers: a claim copied into one would read as a verdict to the app
+    reserved = {(want + suffix).lower() for suffix in (GRACE_SUFFIX, REPORT_SUFFIX)}
     return [
         (f"{where}.{name}", f"must start with identity_header_prefix {prefix!r}, so a client can never send it itself")
         for name, _ in pairs
         if not name.lower().replace("_", "-").startswith(want)
+    ] + [
+        (f"{where}.{name}", "is a header the sidecar sets itself (grace or report verdict)")
+        for name, _ in pairs
+        if name.lower().replace("_", "-") in reserved
     ]
 
 
