@@ -30,7 +30,7 @@ from sidecar.cors import CorsPolicy
 from sidecar.decision import decision_app
 from sidecar.formbody import FormScan, check_encoding, content_type, form_kind
 from sidecar.guard import GuardedRunner, counting
-from sidecar.headers import GRACE_SUFFIX, HeaderPolicy
+from sidecar.headers import GRACE_SUFFIX, REPORT_SUFFIX, HeaderPolicy
 from sidecar.keys.channel import LocalChannel, SocketChannel, line_limit
 from sidecar.keys.hub import KeyHub
 from sidecar.keys.process import run_keys_process, socket_path
@@ -39,7 +39,7 @@ from sidecar.keys.view import KeyView
 from sidecar.metrics import Metrics
 from sidecar.override import MethodOverride
 from sidecar.proxy import forward, upstream_session
-from sidecar.responses import reject, setup_logging
+from sidecar.responses import reject, report, setup_logging
 from sidecar.rules import RuleSet, encode, normalise
 from sidecar.scrub import TokenForms
 from sidecar.token_cache import VerifiedToken
@@ -67,12 +67,14 @@ class Sidecar:
     rules: RuleSet
     token_sources: tuple[str, ...]  # every provider's sources, each once
     grace_header: str
+    report_header: str = "X-Auth-Report"  # identity_header_prefix + REPORT_SUFFIX (build_state)
     draining: bool = False
     upstream: aiohttp.ClientSession | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def ready(self) -> bool:
-        return not self.draining and all(pk.usable() for pk in self.keys)
+        # all routes in report mode: no usable keys is reported per request, never an outage by readiness
+        return not self.draining and (not self.rules.enforces or all(pk.usable() for pk in self.keys))
 
     def refresh_gauges(self) -> None:
         """Gauges computed from state (key-set age, staleness, readiness, cache size); expires retired keys."""
@@ -119,6 +121,7 @@ def build_state(
         rules=rules,
         token_sources=tuple(dict.fromkeys(src for p in cfg.providers for src in p.token_sources)),
         grace_header=cfg.identity_header_prefix + GRACE_SUFFIX,
+        report_header=cfg.identity_header_prefix + REPORT_SUFFIX,
     )
 
 
@@ -152,13 +155,21 @@ async def handle(request: web.Request) -> web.StreamResponse:
         also = s.overrides.methods(request.headers, query)
         allowed = await authorize(s, request.method, canonical, request.headers, request.query, also)
         headers = s.headers.forwardable(request.headers)
-        # the verified token, in the form it was read, is the only token form the app may see
-        query = s.forms.scrub(headers, query, None if allowed.route.strip_authorization else allowed.token_form)
-        for name, value in allowed.identity:
-            headers[name] = value
+        if allowed.reported is None:
+            # the verified token, in the form it was read, is the only token form the app may see
+            query = s.forms.scrub(headers, query, None if allowed.route.strip_authorization else allowed.token_form)
+            for name, value in allowed.identity:
+                headers[name] = value
+            if cfg.route_metrics:
+                m.route_requests.labels(allowed.route.name, "allowed").inc()
+        else:
+            # report mode: the app gets what it got before the sidecar (its tokens as sent, unless the route
+            # strips them) plus the verdict, and no identity from a token that failed
+            report(s, request, allowed.reported)
+            if allowed.route.strip_authorization:
+                query = s.forms.scrub(headers, query, None)
+            headers[s.report_header] = allowed.reported.reason
         _forwarded(request, headers)
-        if cfg.route_metrics:
-            m.route_requests.labels(allowed.route.name, "allowed").inc()
         path_qs = (encode(canonical) if canonical is not None else path) + ("?" + query if query else "")
         assert s.upstream is not None
         if is_websocket(request):
@@ -168,7 +179,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
         if request.body_exists and form_kind(ctype := content_type(request.headers)):
 
             async def judge(more: frozenset[str]) -> None:
-                await authorize(s, request.method, canonical, request.headers, request.query, also | more)
+                late = await authorize(s, request.method, canonical, request.headers, request.query, also | more)
+                if late.reported is not None and allowed.reported is None:
+                    report(s, request, late.reported)  # the head has gone: counted and logged, no header
 
             check_encoding(request.headers)
             scan = FormScan(ctype, s.forms.params, s.overrides, judge)

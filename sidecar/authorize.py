@@ -27,6 +27,8 @@ class Allowed:
     # the token that was verified and where it was read (`token_sources` syntax): the one token form that may
     # reach the app; every other form is removed (scrub.py)
     token_form: tuple[str, str] | None = None  # (source, token)
+    # report mode: the refusal this request escaped; it is forwarded without identity, with the reason
+    reported: errors.Rejection | None = None
 
 
 def preflight(s: Sidecar, headers: CIMultiDictProxy[str]) -> tuple[tuple[str, str], ...]:
@@ -56,6 +58,10 @@ async def authorize(
         return await _decide(s, route, headers, query, method)
     except errors.Rejection as r:
         r.route = route.name
+        # Only the auth family (401/403/503 and multiple_tokens) is reportable: protocol errors are refused
+        # in every mode, and they are raised outside this function anyway.
+        if route.report and r.family == "auth":
+            return Allowed(route, (), None, None, r)
         raise
 
 
@@ -70,6 +76,7 @@ def _stricter(a: Route, b: Route) -> Route:
         rules=tuple(dict.fromkeys((*a.rules, *b.rules))),
         header_indices=a.header_indices,
         strip_authorization=a.strip_authorization or b.strip_authorization,
+        report=a.report and b.report,
     )
 
 

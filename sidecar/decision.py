@@ -11,7 +11,8 @@ is judged as what it literally is.
 The target is judged only when app routers read it one way (`target.py`). 200 carries the identity headers
 for the gateway to copy. Every refusal carries its reason in `X-Auth-Reason`; nginx turns any status but
 2xx/401/403 into a 500, so a request in nginx's form (`X-Original-URI`) gets 403 where the proxy would say
-400. An auth subrequest about a CORS preflight is judged like any OPTIONS request: a 2xx would send an
+400. In report mode a refusal for the token is a 200 with `X-Auth-Report: <reason>` and no identity headers.
+An auth subrequest about a CORS preflight is judged like any OPTIONS request: a 2xx would send an
 unauthenticated OPTIONS on to the app. Gateways route real preflights to this listener directly instead,
 and get the sidecar's CORS answer (docs/gateways.md).
 """
@@ -31,7 +32,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, MultiDict
 from sidecar import errors
 from sidecar.authorize import authorize, preflight
 from sidecar.config import Decision
-from sidecar.responses import reject
+from sidecar.responses import reject, report
 from sidecar.rules import RuleSet
 from sidecar.target import Readings
 
@@ -137,6 +138,10 @@ def decision_app(state: Sidecar, key: web.AppKey[Sidecar]) -> web.Application:
             also = s.overrides.methods(request.headers, query)
             allowed = await authorize(s, original.method, path, request.headers, MultiDict(parse_qsl(query)), also)
             out = CIMultiDict(allowed.identity)
+            if allowed.reported is not None:
+                # report mode: 200 so the gateway forwards, with the verdict for it to copy to the app
+                report(s, request, allowed.reported)
+                out[s.report_header] = allowed.reported.reason
             for name, value in cors_extra:
                 out.add(name, value)
             return web.Response(status=200, headers=out)

@@ -293,6 +293,17 @@ async def explain(
     if refusal is not None:
         out.update(verdict="refused", reason=refusal.reason, status=refusal.status, description=refusal.description)
         check("verdict", False, f"refused: {refusal.reason} ({refusal.status}): {refusal.description}")
+    elif allowed is not None and allowed.reported is not None:
+        # report mode: forwarded without identity, the app told what enforcing would have done
+        r = allowed.reported
+        out.update(verdict="reported", reason=r.reason, status=r.status, description=r.description)
+        check(
+            "verdict",
+            False,
+            f"reported, forwarded ({route.name!r} is in report mode): would be {r.reason} ({r.status}): "
+            f"{r.description}; the app gets {s.report_header}: {r.reason}",
+        )
+        out["identity_headers"] = {}
     else:
         assert allowed is not None
         grace = recorder.grace if allowed.verified is not None else None

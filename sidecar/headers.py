@@ -14,6 +14,7 @@ X_FORWARDED_PROTO = "X-Forwarded-Proto"
 X_FORWARDED_HOST = "X-Forwarded-Host"
 # Set by the sidecar (inside the identity namespace, so a client can never send them):
 GRACE_SUFFIX = "Token-Expired-Seconds"  # seconds past `exp` of a token accepted inside expired_grace
+REPORT_SUFFIX = "Report"  # report mode: the reason the request would have been refused
 
 # RFC 9110 §7.6.1 plus the legacy ones every proxy strips (RFC 2616 §13.5.1).
 HOP_BY_HOP = frozenset(

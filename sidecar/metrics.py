@@ -171,10 +171,19 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        # report mode: what would have been refused for its token, kept apart from sidecar_auth_failures_total
+        # so every existing alert and panel still means "refused"
+        self.auth_reported = Counter(
+            "sidecar_auth_reported",
+            "Requests forwarded in report mode that enforce mode would refuse, by reason",
+            ["reason"],
+            registry=r,
+        )
         for reason in CONNECTION_CLOSE_REASONS:
             self.connections_closed.labels(reason)
         for reason in AUTH_REASONS:
             self.auth_failures.labels(reason)
+            self.auth_reported.labels(reason)
         for reason in REQUEST_REASONS:
             self.requests_rejected.labels(reason)
         for reason in UPSTREAM_REASONS:

@@ -17,6 +17,7 @@ from sidecar.config import HEADER_NAME, ConfigError, strings
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 UNMATCHED = ("token", "public", "deny")
+MODES = ("enforce", "report")
 _SEGMENT = re.compile(r"^[A-Za-z0-9._~!$&'()+,;=:@%-]*$")
 
 
@@ -42,6 +43,7 @@ class Rule:
     clients: tuple[str, ...] = ()  # azp or client_id must be one of these
     claim_headers: tuple[tuple[str, str], ...] | None = None  # None: the global claim_headers
     strip_authorization: bool | None = None  # None: the global setting
+    mode: str | None = None  # enforce | report; None: the global `mode`
 
     @property
     def needs_claims(self) -> bool:
@@ -116,6 +118,7 @@ _RULE_KEYS = {
     "clients",
     "claim_headers",
     "strip_authorization",
+    "mode",
 }
 
 
@@ -185,6 +188,11 @@ def parse_rules(
         strip = r.get("strip_authorization")
         if strip is not None and not isinstance(strip, bool):
             raise ConfigError(f"{where}.strip_authorization", "expected true or false")
+        mode = r.get("mode")
+        if mode is not None and mode not in MODES:
+            raise ConfigError(f"{where}.mode", f"expected one of {', '.join(MODES)}")
+        if mode is not None and public:
+            raise ConfigError(f"{where}.mode", "a public rule refuses nothing, so it has nothing to report")
         rule = Rule(
             name=name,
             kind=kind,
@@ -201,6 +209,7 @@ def parse_rules(
             if "claim_headers" in r
             else None,
             strip_authorization=strip,
+            mode=mode,
         )
         if (public or deny) and (rule.needs_claims or (public and deny)):
             raise ConfigError(where, "a public or deny rule cannot also require a provider, scopes, claims or clients")

@@ -90,15 +90,33 @@ def reject(
         m.requests_rejected.labels(r.reason).inc()
     # CORS headers go on every answer to an allowed origin, except a rejected preflight (that is the point)
     extra = () if isinstance(r, CorsRejected) else cors_extra
-    if not log.isEnabledFor(logging.INFO):
-        return rejection(r, s.cfg.realm, extra, status)
+    if log.isEnabledFor(logging.INFO):
+        _log_line(request, r, status or r.status, {})
+    return rejection(r, s.cfg.realm, extra, status)
+
+
+def report(s: Sidecar, request: web.Request, r: Rejection) -> None:
+    """A refusal escaped in report mode: counted apart from enforced ones, logged on the same line with
+    `reported: true` and the status it would have had. The request itself goes on (app.py, decision.py)."""
+    s.metrics.auth_reported.labels(r.reason).inc()
+    if s.cfg.route_metrics and r.route:
+        s.metrics.route_requests.labels(r.route, REPORTED_PREFIX + r.reason).inc()
+    if log.isEnabledFor(logging.INFO):
+        _log_line(request, r, r.status, {"reported": True})
+
+
+REPORTED_PREFIX = "reported:"  # sidecar_route_requests_total's outcome for a reported refusal
+
+
+def _log_line(request: web.Request, r: Rejection, status: int, more: dict[str, object]) -> None:
     log.info(
         "rejected",
         extra={
             "fields": {
                 "event": "rejected",
                 "reason": r.reason,
-                "status": status or r.status,
+                "status": status,
+                **more,
                 "description": r.description,
                 "method": request.method,
                 "path": request.path[:512],
@@ -107,7 +125,6 @@ def reject(
             }
         },
     )
-    return rejection(r, s.cfg.realm, extra, status)
 
 
 class JsonFormatter(logging.Formatter):

@@ -67,6 +67,8 @@ class Route:
     rules: tuple[int, ...] = ()  # indices of rules whose requirements must all hold (empty: any valid token)
     header_indices: tuple[int, ...] = ()  # into Config.all_claim_headers
     strip_authorization: bool = False
+    # report-only: a refusal for the token (or a deny) is forwarded with the would-be reason (authorize.py)
+    report: bool = False
 
 
 def token_scopes(claims: Mapping[str, Any]) -> set[str]:
@@ -142,6 +144,7 @@ class RuleSet:
                 if r.claim_headers is None
                 else tuple(pairs.index(p) for p in r.claim_headers),
                 strip_authorization=cfg.strip_authorization if r.strip_authorization is None else r.strip_authorization,
+                report=(r.mode or cfg.mode) == "report",
             )
             for i, r in enumerate(cfg.rules)
         ]
@@ -151,6 +154,11 @@ class RuleSet:
             deny=cfg.unmatched == "deny",
             header_indices=default_headers,
             strip_authorization=cfg.strip_authorization,
+            report=cfg.mode == "report",
+        )
+        # some request may be refused: readiness then waits for keys (a report-only sidecar forwards without)
+        self.enforces = not self._unmatched.report or any(
+            not route.report for route in self._routes if not route.public
         )
 
     @staticmethod
@@ -193,4 +201,6 @@ class RuleSet:
             header_indices=unmatched.header_indices,
             strip_authorization=unmatched.strip_authorization
             or any(self._routes[i].strip_authorization for i in applicable),
+            # reported only when every reading would be: an odd spelling never turns enforcement off
+            report=unmatched.report and all(self._routes[i].report for i in applicable if not self.rules[i].public),
         )

@@ -359,3 +359,15 @@ async def test_admin_explain_answers_with_the_live_clock_and_retained_keys(
     assert sc.metric("sidecar_auth_success_total") == 0 and sc.metric("sidecar_auth_grace_accepted_total") == 0
     assert (await sc.get("/api", token=fresh_issuer.mint(now=sc.clock.now()))).status == 200
     assert sc.metric("sidecar_auth_success_total") == 1  # the series above was the real one
+
+
+async def test_a_report_mode_route_is_explained_as_reported_with_what_enforcing_would_do(
+    issuer: DevIssuer, clock: FakeClock
+) -> None:
+    token = issuer.mint(now=clock.now() - 3600, ttl=60)  # expired an hour ago
+    e = await explain(issuer, token, clock, mode="report")
+    assert (e["verdict"], e["reason"], e["status"]) == ("reported", "expired", 401)
+    assert e["identity_headers"] == {}
+    (line,) = texts(e, "verdict")
+    assert "report mode" in line and "X-Auth-Report: expired" in line
+    assert (await explain(issuer, token, clock))["verdict"] == "refused"

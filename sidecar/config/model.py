@@ -617,6 +617,9 @@ class Config:
         "token", "what a request no rule matches needs: token (any valid token), public or deny"
     )
     route_metrics: Boolish = key(False, "count requests by rule name in sidecar_route_requests_total")
+    mode: Annotated[Literal["enforce", "report"], BeforeValidator(_lower)] = key(
+        "enforce", "report: forward what would be refused for its token, with X-Auth-Report (a rule's mode wins)"
+    )
     decision: Decision | None = key(None, "the decision listener for gateways (off when absent)")
     websocket_close_on_expiry: Boolish = key(True, "close a proxied WebSocket when its token stops being accepted")
 
@@ -697,11 +700,19 @@ class Config:
 
 
 def _claim_header_problems(where: str, pairs: tuple[tuple[str, str], ...], prefix: str) -> list[tuple[str, str]]:
+    from sidecar.headers import GRACE_SUFFIX, REPORT_SUFFIX
+
     want = prefix.lower().replace("_", "-")
+    # the sidecar's own verdict headers: a claim copied into one would read as a verdict to the app
+    reserved = {(want + suffix).lower() for suffix in (GRACE_SUFFIX, REPORT_SUFFIX)}
     return [
         (f"{where}.{name}", f"must start with identity_header_prefix {prefix!r}, so a client can never send it itself")
         for name, _ in pairs
         if not name.lower().replace("_", "-").startswith(want)
+    ] + [
+        (f"{where}.{name}", "is a header the sidecar sets itself (grace or report verdict)")
+        for name, _ in pairs
+        if name.lower().replace("_", "-") in reserved
     ]
 
 
@@ -748,6 +759,8 @@ def rule_to_file(rule: Rule) -> dict[str, Any]:
     for k in ("public", "deny", "strip_authorization"):
         if getattr(rule, k):
             out[k] = getattr(rule, k)
+    if rule.mode is not None:
+        out["mode"] = rule.mode
     for k in ("providers", "scopes", "scopes_any", "clients"):
         if getattr(rule, k):
             out[k] = list(getattr(rule, k))

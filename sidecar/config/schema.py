@@ -77,6 +77,7 @@ _RULE = {
         },
         "claim_headers": {"$ref": "#/definitions/ClaimHeaders"},
         "strip_authorization": {"type": "boolean"},
+        "mode": {"enum": ["enforce", "report"]},
     },
     "oneOf": [{"required": ["exact"]}, {"required": ["prefix"]}, {"required": ["pattern"]}],
 }
