@@ -295,13 +295,13 @@ async def explain(
         check("verdict", False, f"refused: {refusal.reason} ({refusal.status}): {refusal.description}")
     elif allowed is not None and allowed.reported is not None:
         # report mode: forwarded without identity, the app told what enforcing would have done
-        r = allowed.reported
-        out.update(verdict="reported", reason=r.reason, status=r.status, description=r.description)
+        would = allowed.reported
+        out.update(verdict="reported", reason=would.reason, status=would.status, description=would.description)
         check(
             "verdict",
             False,
-            f"reported, forwarded ({route.name!r} is in report mode): would be {r.reason} ({r.status}): "
-            f"{r.description}; the app gets {s.report_header}: {r.reason}",
+            f"reported, forwarded ({route.name!r} is in report mode): would be {would.reason} ({would.status}): "
+            f"{would.description}; the app gets {s.report_header}: {would.reason}",
         )
         out["identity_headers"] = {}
     else:
