@@ -46,10 +46,21 @@ class LocalChannel:
 
     def __init__(self, hub: KeyHub, views: Sequence[KeyView]) -> None:
         self.hub = hub
-        by_name = _deliver_to(views)
-        hub.subscribe(lambda state: by_name[state.provider].install(state))
+        self._views = _deliver_to(views)
+        hub.subscribe(self.install)
         for v in views:
             v.ask = hub.ask
+
+    def install(self, state: KeyState) -> None:
+        view = self._views.get(state.provider)
+        if view is not None:
+            view.install(state)
+
+    def rewire(self, views: Sequence[KeyView]) -> None:
+        """A reload's views: states go to them from now on."""
+        self._views = _deliver_to(views)
+        for v in views:
+            v.ask = self.hub.ask
 
     async def start(self) -> None:
         await self.hub.start()
@@ -79,6 +90,12 @@ class SocketChannel:
         view = self._views.get(state.provider)
         if view is not None:
             view.install(state)
+
+    def rewire(self, views: Sequence[KeyView]) -> None:
+        """A reload's views: states go to them from now on."""
+        self._views = _deliver_to(views)
+        for v in views:
+            v.ask = self.ask
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="keys-channel")
