@@ -178,12 +178,16 @@ async def apply_config(apps: list[web.Application], cfg: Config, loaded: Loaded)
     them. A request reads the state once, at its start, so requests in flight finish under the old one."""
     old = apps[0][STATE]
     new = rebuild(old, cfg, loaded)
-    if isinstance(new.channel, LocalChannel):
-        await new.channel.hub.reconfigure(cfg)  # a changed source fetches first; the old state serves meanwhile
-    added = [v for v in new.keys if v.provider.name not in {k.provider.name for k in old.keys}]
-    deadline = asyncio.get_running_loop().time() + 2 * cfg.jwks.fetch_timeout + 1
-    while any(not v.usable() for v in added) and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.05)  # a new provider: its first keys (fetched by the pod's fetcher) before the swap
+    try:
+        if isinstance(new.channel, LocalChannel):
+            await new.channel.hub.reconfigure(cfg)  # a changed source fetches first; the old state serves meanwhile
+        added = [v for v in new.keys if v.provider.name not in {k.provider.name for k in old.keys}]
+        deadline = asyncio.get_running_loop().time() + 2 * cfg.jwks.fetch_timeout + 1
+        while any(not v.usable() for v in added) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)  # a new provider: its first keys (by the pod's fetcher) before the swap
+    except BaseException:
+        old.channel.rewire(old.keys)  # the old state stays in force: its views get the key states again
+        raise
     logging.getLogger().setLevel(cfg.log_level.upper())
     with warnings.catch_warnings():
         # aiohttp warns on any change to a started app's mapping; this one is the single intended change.

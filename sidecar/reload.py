@@ -158,7 +158,10 @@ class Reloader:
                     self._seen = seen
                     trigger = trigger or "file changed"
             if trigger is not None:
-                await self.reload(trigger)
+                try:
+                    await self.reload(trigger)
+                except Exception:  # the watcher outlives any one reload
+                    log.exception("config reload failed", extra={"trigger": trigger})
 
     async def reload(self, trigger: str) -> bool:
         try:

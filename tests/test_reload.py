@@ -394,3 +394,35 @@ def test_reload_off_reads_the_file_once(fresh_issuer: DevIssuer, upstream: Upstr
         assert request(sc.admin, path="/admin/config").json()["reload"] is False
     finally:
         assert sc.stop() == 0
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_provider_added_by_a_reload_is_usable_on_every_worker(
+    fresh_issuer: DevIssuer, issuer: DevIssuer, upstream: Upstream, where: Path, workers: int
+) -> None:
+    raw = base_config(fresh_issuer, upstream, workers)
+    sc = start(where, raw)
+    try:
+        theirs = issuer.mint(ttl=3600)
+        ours = fresh_issuer.mint(ttl=3600)
+        assert status(sc, theirs) == 401
+        fetches = fresh_issuer.jwks_fetches
+        second = {
+            "name": "second",
+            "issuer": issuer.issuer,
+            "audiences": [AUDIENCE],
+            "jwks_url": f"{issuer.issuer}/jwks.json",
+        }
+        with Load(sc, ours) as load:
+            write(where, _merge(raw, {"providers": [raw["providers"][0], second]}))
+            eventually(lambda: every(lambda: status(sc, theirs) == 200))
+            time.sleep(0.3)
+        assert load.failed == [], load.failed[:5]
+        assert every(lambda: request(sc.admin, path="/readyz").status == 200)
+        assert fresh_issuer.jwks_fetches == fetches  # the first provider's keys were kept
+        # and removed again: its tokens are refused, the first provider's still pass
+        write(where, raw)
+        eventually(lambda: every(lambda: status(sc, theirs) == 401))
+        assert every(lambda: status(sc, ours) == 200)
+    finally:
+        assert sc.stop() == 0

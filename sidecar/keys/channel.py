@@ -92,10 +92,13 @@ class SocketChannel:
             view.install(state)
 
     def rewire(self, views: Sequence[KeyView]) -> None:
-        """A reload's views: states go to them from now on."""
+        """A reload's views: states go to them from now on, starting with the latest the keys process wrote
+        (it may have reloaded first, and published a new provider's keys before these views existed)."""
         self._views = _deliver_to(views)
         for v in views:
             v.ask = self.ask
+        for state in StateFile(os.path.dirname(self.path)).read().values():
+            self.install(state)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="keys-channel")
