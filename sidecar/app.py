@@ -41,7 +41,7 @@ from sidecar.keys.view import KeyView
 from sidecar.metrics import Metrics
 from sidecar.override import MethodOverride
 from sidecar.proxy import forward, upstream_session
-from sidecar.reload import ConfigSource, Loaded, Reloader, config_hash
+from sidecar.reload import ConfigSource, Loaded, Reloader, config_hash, current
 from sidecar.responses import reject, setup_logging
 from sidecar.rules import RuleSet, encode, normalise
 from sidecar.scrub import TokenForms
@@ -439,6 +439,7 @@ def serve(cfg: Config, workers: int = 1, shared: str | None = None, source: Conf
     return run_workers(
         workers,
         shared,
-        lambda started: _serve_one(cfg, shared, started, source),
-        lambda started: run_keys_process(cfg, shared, started, source=source),
+        # a restarted child reads the config as it is now: reloads since the pod started are not lost
+        lambda started: _serve_one(current(cfg, source), shared, started, source),
+        lambda started: run_keys_process(current(cfg, source), shared, started, source=source),
     )

@@ -104,6 +104,21 @@ def pinned(running: Config, new: Config) -> Config:
     return dataclasses.replace(new, **kept, jwks=jwks)
 
 
+def current(started_with: Config, source: ConfigSource | None) -> Config:
+    """The config a child the supervisor (re)starts runs: the file as it is now, so a worker restarted after
+    a reload serves what the others serve. A file that is broken now leaves it the config the pod started with."""
+    if source is None or not started_with.reload:
+        return started_with
+    try:
+        new = source.read()
+    except Refused as e:
+        log.warning(
+            "config file refused at a child's start; using the pod's start-up config", extra={"problems": e.lines}
+        )
+        return started_with
+    return pinned(started_with, new) if restart_needed(started_with, new) else new
+
+
 def changed_keys(old: Config, new: Config) -> list[str]:
     a, b = old.effective(), new.effective()
     return [k for k in b if a.get(k) != b[k]]

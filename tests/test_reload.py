@@ -426,3 +426,38 @@ def test_a_provider_added_by_a_reload_is_usable_on_every_worker(
         assert every(lambda: status(sc, ours) == 200)
     finally:
         assert sc.stop() == 0
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def test_a_worker_restarted_after_a_reload_serves_the_reloaded_config(
+    fresh_issuer: DevIssuer, upstream: Upstream, where: Path
+) -> None:
+    raw = base_config(fresh_issuer, upstream, 2)
+    sc = start(where, raw)
+    try:
+        expired = fresh_issuer.mint(ttl=-120)
+        write(where, _merge(raw, {"leeway": 60, "expired_grace": 300}))
+        eventually(lambda: every(lambda: status(sc, expired) == 200))
+        assert sc.proc is not None
+        before = children_of(sc.proc.pid)
+        assert len(before) == 3  # the keys process and two workers
+        for pid in before:
+            os.kill(pid, signal.SIGKILL)  # every child: the restarted ones can only have the file
+        eventually(lambda: len(set(children_of(sc.proc.pid)) - set(before)) == 3, timeout=20)  # type: ignore[union-attr]
+        ready(sc)
+        assert every(lambda: status(sc, expired) == 200)
+        assert request(sc.admin, path="/admin/config").json()["config"]["expired_grace"] == 300
+    finally:
+        sc.stop()
