@@ -181,3 +181,32 @@ async def test_the_watcher_applies_a_changed_file_and_a_hangup(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_removed_provider_stops_its_refresher_and_the_kept_one_is_not_fetched_again(
+    make_sidecar: MakeSidecar, fresh_issuer: DevIssuer, issuer: DevIssuer, upstream: Upstream, tmp_path: Path
+) -> None:
+    second = {
+        "name": "second",
+        "issuer": issuer.issuer,
+        "audiences": [AUDIENCE],
+        "jwks_url": f"{issuer.issuer}/jwks.json",
+    }
+    both = raw_config(fresh_issuer, upstream)
+    both["providers"].append(second)
+    sc = await make_sidecar(fresh_issuer, providers=both["providers"])
+    hub = sc.state.channel.hub  # type: ignore[union-attr]
+    assert len(hub.tasks) == 2
+    removed_task = hub.tasks[1]
+    fetches = fresh_issuer.jwks_fetches
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(yaml.safe_dump(raw_config(fresh_issuer, upstream)))
+    assert await reloader_for(sc, path).reload("test")
+    assert [f.provider.name for f in hub.fetchers] == ["default"] and len(hub.tasks) == 1
+    await asyncio.wait_for(asyncio.gather(removed_task, return_exceptions=True), 2)
+    assert removed_task.cancelled()
+    assert fresh_issuer.jwks_fetches == fetches
+    state = sc.client.server.app[STATE]
+    assert [v.provider.name for v in state.keys] == ["default"] and state.ready()
+    assert (await sc.get("/api/x", issuer.mint())).status == 401
+    assert (await sc.get("/api/x", fresh_issuer.mint())).status == 200

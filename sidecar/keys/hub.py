@@ -92,13 +92,14 @@ class KeyHub:
         replaced = [f for f in fresh if f.provider.name in self._by_name]
         if replaced:  # bounded by fetch_timeout each; tokens keep meeting the old keys meanwhile
             await asyncio.gather(*(f.refresh() for f in replaced))
+        running = dict(zip(self.fetchers, self.tasks, strict=False))  # empty before start()
         gone = [f for f in self.fetchers if kept.get(f.provider.name) is not f]
         for f in gone:
-            index = self.fetchers.index(f)
-            self.tasks[index].cancel()
-        survivors = [(f, t) for f, t in zip(self.fetchers, self.tasks, strict=True) if f not in gone]
-        self.fetchers = [f for f, _ in survivors]
-        self.tasks = [t for _, t in survivors]
+            task = running.pop(f, None)
+            if task is not None:
+                task.cancel()
+        self.fetchers = [f for f in self.fetchers if f not in gone]
+        self.tasks = [running[f] for f in self.fetchers if f in running]
         self.cfg = cfg
         for f in fresh:
             f.publish = self._publish
