@@ -90,3 +90,11 @@ def test_embedded_mode_annotation_follows_reload(tmp_path: Path) -> None:
         **{k: v for k, v in annotations.items() if k != "checksum/jwt-sidecar-config"},
         "jwt-sidecar/config-reload": "live",
     }
+
+
+def test_the_monitoring_rules_alert_on_a_refused_reload() -> None:
+    docs = render(load_values(CI_DIR / "monitoring-values.yaml"))
+    rules = [r for d in docs if d["kind"] == "PrometheusRule" for g in d["spec"]["groups"] for r in g["rules"]]
+    alert = next(r for r in rules if r.get("alert") == "JwtSidecarConfigReloadRefused")
+    assert 'sidecar_config_reloads_total{result="error"' in alert["expr"]
+    assert "{{ $labels.namespace }}" in alert["annotations"]["description"]
