@@ -32,6 +32,8 @@ from sidecar.metrics import Metrics
 
 log = logging.getLogger("sidecar.reload")
 
+_SETTLE = 0.1  # seconds between seeing a change and reading the file
+
 # Bound once by the process: sockets, the worker processes, the connection guard and the upstream session
 # (`limits`), and the watcher itself. `jwks.max_bytes` also sizes the keys socket's lines (see `pinned`).
 RESTART_KEYS = ("listen", "admin_listen", "workers", "decision", "limits", "reload", "reload_interval")
@@ -167,11 +169,11 @@ class Reloader:
             trigger = "SIGHUP" if self._hup.is_set() else None
             self._hup.clear()
             path = self.source.path
-            if path is not None:
-                seen = fingerprint(path)
-                if seen != self._seen:
-                    self._seen = seen
-                    trigger = trigger or "file changed"
+            if path is not None and fingerprint(path) != self._seen:
+                # An editor that rewrites the file in place is seen mid-write at times: let it settle.
+                await asyncio.sleep(_SETTLE)
+                self._seen = fingerprint(path)
+                trigger = trigger or "file changed"
             if trigger is not None:
                 try:
                     await self.reload(trigger)
