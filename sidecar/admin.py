@@ -176,6 +176,11 @@ def admin_app(state: Sidecar, key: web.AppKey[Sidecar]) -> web.Application:
         _allowed(request, action=False)
         return _json([pk.describe() for pk in request.app[key].keys])
 
+    async def show_config(request: web.Request) -> web.Response:
+        _allowed(request, action=False)
+        s = request.app[key]
+        return _json({**s.loaded.describe(), "reload": s.cfg.reload, "config": s.cfg.effective()})
+
     async def act(request: web.Request, action: dict[str, Any]) -> web.Response:
         s = request.app[key]
         result = await apply_action(s, action)
@@ -202,6 +207,7 @@ def admin_app(state: Sidecar, key: web.AppKey[Sidecar]) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/admin/keys", show_keys)
+    app.router.add_get("/admin/config", show_config)
     app.router.add_post("/admin/keys/{provider}/refresh", refresh)
     app.router.add_post("/admin/keys/{provider}/{kid}/revoke", revoke)
     app.router.add_post("/admin/explain", explain)

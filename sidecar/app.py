@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import os
 import signal
+import warnings
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -32,17 +34,18 @@ from sidecar.formbody import FormScan, check_encoding, content_type, form_kind
 from sidecar.guard import GuardedRunner, counting
 from sidecar.headers import GRACE_SUFFIX, REPORT_SUFFIX, HeaderPolicy
 from sidecar.keys.channel import LocalChannel, SocketChannel, line_limit
-from sidecar.keys.hub import KeyHub
+from sidecar.keys.hub import KeyHub, same_key_source
 from sidecar.keys.process import run_keys_process, socket_path
 from sidecar.keys.state import StateFile
 from sidecar.keys.view import KeyView
 from sidecar.metrics import Metrics
 from sidecar.override import MethodOverride
 from sidecar.proxy import forward, upstream_session
+from sidecar.reload import ConfigSource, Loaded, Reloader, config_hash, current
 from sidecar.responses import reject, report, setup_logging
 from sidecar.rules import RuleSet, encode, normalise
 from sidecar.scrub import TokenForms
-from sidecar.token_cache import VerifiedToken
+from sidecar.token_cache import TokenCache, VerifiedToken
 from sidecar.verify import Verifier
 from sidecar.websocket import is_websocket, proxy_websocket
 from sidecar.workers import run_workers
@@ -67,6 +70,7 @@ class Sidecar:
     rules: RuleSet
     token_sources: tuple[str, ...]  # every provider's sources, each once
     grace_header: str
+    loaded: Loaded  # which config this is: hash, generation (see sidecar.reload)
     report_header: str = "X-Auth-Report"  # identity_header_prefix + REPORT_SUFFIX (build_state)
     draining: bool = False
     upstream: aiohttp.ClientSession | None = None
@@ -105,6 +109,18 @@ def build_state(
             channel.install(state)
     for view in keys:
         view.update_gauges()  # every key series has its sample from the start, in every process
+    return _assemble(cfg, clock, metrics, keys, channel, Loaded(config_hash(cfg)))
+
+
+def _assemble(
+    cfg: Config,
+    clock: Clock,
+    metrics: Metrics,
+    keys: list[KeyView],
+    channel: LocalChannel | SocketChannel,
+    loaded: Loaded,
+    cache: TokenCache | None = None,
+) -> Sidecar:
     rules = RuleSet(cfg)
     metrics.routes([r.name for r in cfg.rules] if cfg.route_metrics else [])
     return Sidecar(
@@ -113,7 +129,7 @@ def build_state(
         metrics=metrics,
         keys=keys,
         channel=channel,
-        verifier=Verifier(cfg, keys, clock, metrics, rules),
+        verifier=Verifier(cfg, keys, clock, metrics, rules, cache),
         cors=CorsPolicy(cfg.cors),
         headers=HeaderPolicy.from_config(cfg),
         forms=TokenForms.from_config(cfg),
@@ -122,7 +138,65 @@ def build_state(
         token_sources=tuple(dict.fromkeys(src for p in cfg.providers for src in p.token_sources)),
         grace_header=cfg.identity_header_prefix + GRACE_SUFFIX,
         report_header=cfg.identity_header_prefix + REPORT_SUFFIX,
+        loaded=loaded,
     )
+
+
+def _cache_holds(old: Config, new: Config) -> bool:
+    """Whether cached verifications stay right: an entry holds a provider index, the audience and issuer
+    checks passed, its claim-header values and its rule verdicts. Times are checked on every hit."""
+    return (
+        old.providers == new.providers
+        and old.rules == new.rules
+        and old.all_claim_headers == new.all_claim_headers
+        and (old.token_cache_size, old.token_cache_max_bytes) == (new.token_cache_size, new.token_cache_max_bytes)
+    )
+
+
+def rebuild(old: Sidecar, cfg: Config, loaded: Loaded) -> Sidecar:
+    """The next state for a reloaded config. A provider whose key source is unchanged keeps its view (its
+    keys, no fetch); a changed one gets a new view that starts from the old keys, so tokens keep verifying
+    until the new source's keys arrive. The channel delivers key states to the new views from now on."""
+    by_name = {v.provider.name: v for v in old.keys}
+    keys = []
+    for p in cfg.providers:
+        view = by_name.get(p.name)
+        if view is not None and same_key_source(view.provider, p, old.cfg.jwks, cfg.jwks):
+            view.provider = p  # the same keys; the provider's other keys are the verifier's, from cfg
+        else:
+            seed, view = view, KeyView(p, cfg.jwks, old.clock, old.metrics)
+            if seed is not None and seed.state.fetched_at is not None:
+                view.install(seed.state)
+            view.update_gauges()
+        keys.append(view)
+    old.channel.rewire(keys)
+    cache = old.verifier.cache if _cache_holds(old.cfg, cfg) else None
+    new = _assemble(cfg, old.clock, old.metrics, keys, old.channel, loaded, cache)
+    new.upstream, new.tasks, new.draining = old.upstream, old.tasks, old.draining
+    return new
+
+
+async def apply_config(apps: list[web.Application], cfg: Config, loaded: Loaded) -> None:
+    """Build the next state and swap it in: one reference per listener's app, swapped with no await between
+    them. A request reads the state once, at its start, so requests in flight finish under the old one."""
+    old = apps[0][STATE]
+    new = rebuild(old, cfg, loaded)
+    try:
+        if isinstance(new.channel, LocalChannel):
+            await new.channel.hub.reconfigure(cfg)  # a changed source fetches first; the old state serves meanwhile
+        added = [v for v in new.keys if v.provider.name not in {k.provider.name for k in old.keys}]
+        deadline = asyncio.get_running_loop().time() + 2 * cfg.jwks.fetch_timeout + 1
+        while any(not v.usable() for v in added) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)  # a new provider: its first keys (by the pod's fetcher) before the swap
+    except BaseException:
+        old.channel.rewire(old.keys)  # the old state stays in force: its views get the key states again
+        raise
+    logging.getLogger().setLevel(cfg.log_level.upper())
+    with warnings.catch_warnings():
+        # aiohttp warns on any change to a started app's mapping; this one is the single intended change.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for app in apps:
+            app[STATE] = new
 
 
 def _check_sizes(request: web.Request, per_header: int, total: int) -> None:
@@ -221,7 +295,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     lim = s.cfg.limits
     s.upstream = upstream_session(lim.upstream_connect_timeout, lim.upstream_timeout)
     await s.channel.start()
-    s.tasks.append(asyncio.create_task(_gauges(s), name="gauges"))
+    s.tasks.append(asyncio.create_task(_gauges(app), name="gauges"))
     yield
     for t in s.tasks:
         t.cancel()
@@ -231,10 +305,10 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     await s.upstream.close()
 
 
-async def _gauges(s: Sidecar) -> None:
+async def _gauges(app: web.Application) -> None:
     """Key-set gauges kept current without a scrape: with several workers a scrape reaches only one."""
     while True:
-        s.refresh_gauges()
+        app[STATE].refresh_gauges()  # the state in force: a reload swaps it
         await asyncio.sleep(1.0)
 
 
@@ -251,14 +325,29 @@ def _split(hostport: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+async def _pods_first_keys(s: Sidecar) -> None:
+    """One of several workers listens only once the keys process has told it the outcome of every provider's
+    first fetch (bounded by the time such a fetch may take): a worker that opened earlier would refuse with
+    503 a token its siblings, and the /readyz they answer, already accept."""
+    if not isinstance(s.channel, SocketChannel):
+        return  # one worker: nobody to disagree with
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(2 * s.cfg.jwks.fetch_timeout + 1):
+            while not all(v.state.fetched_at is not None or v.state.last_error is not None for v in s.keys):
+                await asyncio.sleep(0.02)
+
+
 async def run_until_signal(
     state: Sidecar,
     stop: asyncio.Event | None = None,
     reuse_port: bool = False,
     started: Callable[[], None] = lambda: None,
     announce: bool = True,
+    source: ConfigSource | None = None,
+    counts_reloads: bool = True,
 ) -> None:
-    """Serve until SIGTERM/SIGINT (or `stop`), then drain: not ready at once, stop accepting, finish in flight."""
+    """Serve until SIGTERM/SIGINT (or `stop`), then drain: not ready at once, stop accepting, finish in flight.
+    With a `source` and `reload` on, a changed config file or SIGHUP applies the new config (sidecar.reload)."""
     cfg = state.cfg
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -284,6 +373,7 @@ async def run_until_signal(
         max_headers=cfg.limits.max_headers,
     )
     await proxy_runner.setup()
+    await _pods_first_keys(state)
     admin_host, admin_port = _split(cfg.admin_listen)
     host, port = _split(cfg.listen)
     await web.TCPSite(proxy_runner, host, port, reuse_address=True, reuse_port=reuse_port, backlog=1024).start()
@@ -305,6 +395,16 @@ async def run_until_signal(
         await web.TCPSite(decision_runner, d_host, d_port, reuse_address=True, reuse_port=reuse_port).start()
     # The admin listener opens last: a /readyz that answers means this worker's other listeners accept.
     await web.TCPSite(admin_runner, admin_host, admin_port, reuse_address=True, reuse_port=reuse_port).start()
+    apps = [r.app for r in (proxy_runner, admin_runner, decision_runner) if r is not None]
+    watching: asyncio.Task[None] | None = None
+    if source is not None and cfg.reload:
+        reloader = Reloader(source, cfg, functools.partial(apply_config, apps), state.metrics, counts_reloads)
+        watching = asyncio.create_task(reloader.run(), name="reload")
+        hup: Callable[[], None] = reloader.hangup
+    else:
+        hup = functools.partial(log.warning, "SIGHUP ignored: reload is off")
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGHUP, hup)
     if announce:  # with several workers the parent says it once for the pod
         log.info("listening", extra={"listen": cfg.listen, "admin": cfg.admin_listen, "upstream": cfg.upstream})
     else:
@@ -315,6 +415,10 @@ async def run_until_signal(
     gc.freeze()
     gc.set_threshold(10_000, 20, 20)
     await stop.wait()
+    if watching is not None:
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
+    state = proxy_runner.app[STATE]
     state.draining = True
     log.info("draining", extra={"timeout": cfg.limits.drain_timeout})
     await proxy_runner.cleanup()
@@ -333,21 +437,28 @@ def use_uvloop() -> None:
         pass
 
 
-def _serve_one(cfg: Config, shared: str | None, started: Callable[[], None] = lambda: None) -> int:
+def _serve_one(
+    cfg: Config, shared: str | None, started: Callable[[], None] = lambda: None, source: ConfigSource | None = None
+) -> int:
     use_uvloop()
     state = build_state(cfg, shared=shared)
-    asyncio.run(run_until_signal(state, reuse_port=shared is not None, started=started, announce=shared is None))
+    alone = shared is None
+    asyncio.run(
+        run_until_signal(
+            state, reuse_port=not alone, started=started, announce=alone, source=source, counts_reloads=alone
+        )
+    )
     return 0
 
 
-def serve(cfg: Config, workers: int = 1, shared: str | None = None) -> int:
+def serve(cfg: Config, workers: int = 1, shared: str | None = None, source: ConfigSource | None = None) -> int:
     """Run the sidecar: one process, or `workers` processes sharing the port and the `shared` directory,
     with the pod's fetchers in one keys process beside them."""
     setup_logging(cfg.log_level)
     if isinstance(clock_from_environment(), OffsetClock):
         log.warning("test clock in use (SIDECAR_TEST_CLOCK_FILE): never set this outside tests")
     if workers == 1 or shared is None:
-        return _serve_one(cfg, None)
+        return _serve_one(cfg, None, source=source)
     log.info(
         "listening",
         extra={"listen": cfg.listen, "admin": cfg.admin_listen, "upstream": cfg.upstream, "workers": workers},
@@ -355,6 +466,7 @@ def serve(cfg: Config, workers: int = 1, shared: str | None = None) -> int:
     return run_workers(
         workers,
         shared,
-        lambda started: _serve_one(cfg, shared, started),
-        lambda started: run_keys_process(cfg, shared, started),
+        # a restarted child reads the config as it is now: reloads since the pod started are not lost
+        lambda started: _serve_one(current(cfg, source), shared, started, source),
+        lambda started: run_keys_process(current(cfg, source), shared, started, source=source),
     )

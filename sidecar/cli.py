@@ -155,5 +155,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     workers = cfg.workers or cpu_limit()
     shared = shared_directory() if workers > 1 else None  # before sidecar.app imports prometheus_client
     from sidecar.app import serve
+    from sidecar.reload import ConfigSource
 
-    return serve(cfg, workers, shared)
+    return serve(cfg, workers, shared, ConfigSource(args, os.environ))

@@ -179,6 +179,21 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.config_reloads = Counter(
+            "sidecar_config_reloads",
+            "Config reloads, by result (ok: applied; error: refused, the old config stays), once per pod",
+            ["result"],
+            registry=r,
+        )
+        self.config_info = Gauge(
+            "sidecar_config_info",
+            "1 for the hash of the config in force (both show while workers switch)",
+            ["hash"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        for result in ("ok", "error"):
+            self.config_reloads.labels(result)
         for reason in CONNECTION_CLOSE_REASONS:
             self.connections_closed.labels(reason)
         for reason in AUTH_REASONS:

@@ -66,14 +66,24 @@ def render(value: Any) -> str | None:
 
 
 class Verifier:
-    def __init__(self, cfg: Config, keys: list[KeyView], clock: Clock, metrics: Metrics, rules: RuleSet) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        keys: list[KeyView],
+        clock: Clock,
+        metrics: Metrics,
+        rules: RuleSet,
+        cache: TokenCache | None = None,  # a reload passes the last one on when its entries still hold
+    ) -> None:
         self.cfg = cfg
         self.keys = keys
         self.clock = clock
         self.metrics = metrics
         self.rules = rules
         self._claim_paths = tuple(claim for _, claim in cfg.all_claim_headers)
-        self.cache = TokenCache(cfg.token_cache_size, len(self._claim_paths), cfg.token_cache_max_bytes)
+        if cache is None:
+            cache = TokenCache(cfg.token_cache_size, len(self._claim_paths), cfg.token_cache_max_bytes)
+        self.cache = cache
         for index, pk in enumerate(keys):
             pk.on_drop = functools.partial(self.cache.forget_key, index)
         self.leeway = cfg.leeway

@@ -2,8 +2,9 @@
 
 The supervisor forks the keys process (the pod's only JWKS fetcher, `sidecar.keys.process`) and N
 workers, and never runs an event loop or a thread itself, so every fork starts from a clean process. It
-forwards SIGTERM/SIGINT to the workers, then stops the keys process once they are gone, and restarts a
-child that dies on its own (backing off, then giving up, when it dies before it serves). Key states
+forwards SIGTERM/SIGINT to the workers, then stops the keys process once they are gone, forwards SIGHUP (a
+config reload) to every child, and restarts a child that dies on its own (backing off, then giving up, when
+it dies before it serves). Key states
 reach the workers over a Unix socket in the shared directory (`sidecar.keys.channel`); workers share
 nothing at request time. Metrics use prometheus-client's multiprocess mode, so any worker's `/metrics`
 reports the sum over all processes. See docs/workers.md for the guarantees.
@@ -93,6 +94,7 @@ def run_workers(
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the child's loop takes it (a reload)
             os.close(read_end)
             for other in children.values():
                 os.close(other.started)
@@ -134,8 +136,14 @@ def run_workers(
         signal_workers(signum)
         stop_keys_when_alone()
 
+    def hangup(signum: int, _frame: object) -> None:
+        for pid in list(children):  # every child reloads its config: the workers and the keys process
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, hangup)
     if keys_main is not None:
         spawn("keys", keys_main)
     for i in range(n):

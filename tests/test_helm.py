@@ -574,18 +574,20 @@ def test_native_sidecar_is_a_restartable_init_container(rendered_ci: dict[str, l
     assert "restartPolicy" not in regular["containers"][0]
 
 
-def test_checksum_annotation_tracks_the_config(
-    rendered_ci: dict[str, list[dict[str, Any]]], minimal_values: dict[str, Any]
-) -> None:
+def test_checksum_annotation_tracks_the_config(minimal_values: dict[str, Any]) -> None:
+    """With live reload off (with it on, tests/test_helm_reload.py: no checksum, no rollout)."""
+
     def checksum(docs: list[dict[str, Any]]) -> str:
         return one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
 
-    for name, docs in rendered_ci.items():
+    off = {"sidecar": {"config": {"reload": False}}}
+    for path in CI_FILES:
+        docs = render(deep_merge(load_values(path), off))
         if by_kind(docs, "Deployment"):
             text, _ = config_of(docs)
-            assert checksum(docs) == hashlib.sha256(text.rstrip("\n").encode()).hexdigest(), name
-    changed = render(deep_merge(minimal_values, {"sidecar": {"config": {"leeway": "10s"}}}))
-    assert checksum(changed) != checksum(rendered_ci["minimal-values.yaml"])
+            assert checksum(docs) == hashlib.sha256(text.rstrip("\n").encode()).hexdigest(), path.name
+    changed = render(deep_merge(minimal_values, {"sidecar": {"config": {"leeway": "10s", "reload": False}}}))
+    assert checksum(changed) != checksum(render(deep_merge(minimal_values, off)))
 
 
 def test_secrets_only_by_reference(rendered_ci: dict[str, list[dict[str, Any]]]) -> None:
@@ -644,7 +646,7 @@ def test_embedded_templates_in_a_parent_chart(tmp_path: Path) -> None:
         for doc in docs:
             validate_manifest(doc)
         assert sorted(d["kind"] for d in docs) == ["ConfigMap", "Deployment", "Service"]
-        text, cfg = config_of(docs)
+        _, cfg = config_of(docs)
         assert cfg["upstream"] == "http://127.0.0.1:8080"
         dep = one(docs, "Deployment")
         spec = dep["spec"]["template"]["spec"]
@@ -660,10 +662,8 @@ def test_embedded_templates_in_a_parent_chart(tmp_path: Path) -> None:
         assert {"name": "jwt-sidecar-config", "configMap": {"name": cm_name}} in spec["volumes"]
         assert spec["terminationGracePeriodSeconds"] == 25 + 10
         annotations = dep["spec"]["template"]["metadata"]["annotations"]
-        assert (
-            annotations["checksum/jwt-sidecar-config"]
-            == hashlib.sha256(text.rstrip("\n").encode()).hexdigest()
-        )
+        assert annotations["jwt-sidecar/config-reload"] == "live"  # live reload: no checksum, no rollout
+        assert "checksum/jwt-sidecar-config" not in annotations
         svc = one(docs, "Service")
         assert svc["spec"]["ports"][0]["targetPort"] == "sidecar-http"
 

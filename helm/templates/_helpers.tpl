@@ -340,10 +340,28 @@ dict yourself: (dict "Values" .Values.mySidecarKey "Release" .Release).
 {{- include "jwt-sidecar._volumes" (include "jwt-sidecar.scope" . | fromJson) -}}
 {{- end }}
 
-{{/* checksum/config annotation (mapping entry): restarts pods when the config changes. */}}
+{{/*
+"true" unless sidecar.config.reload turns live reload off. With reload the pods apply a ConfigMap edit
+themselves (the kubelet updates the mounted file), so the pod template must not change with the config.
+*/}}
+{{- define "jwt-sidecar.reloads" -}}
+{{- $cfg := .Values.sidecar.config | default dict -}}
+{{- if or (not (hasKey $cfg "reload")) (not (has (lower (toString (get $cfg "reload"))) (list "false" "0" "no" "off"))) -}}
+true
+{{- end -}}
+{{- end }}
+
+{{/*
+Pod annotation for the config (mapping entry). Reload off: checksum/jwt-sidecar-config, so a config change
+rolls the pods. Reload on: a fixed marker instead, so a config change reaches the running pods with no rollout.
+*/}}
 {{- define "jwt-sidecar.podAnnotations" -}}
 {{- $ctx := include "jwt-sidecar.scope" . | fromJson -}}
+{{- if include "jwt-sidecar.reloads" $ctx -}}
+jwt-sidecar/config-reload: live
+{{- else -}}
 checksum/jwt-sidecar-config: {{ include "jwt-sidecar.configYaml" $ctx | sha256sum }}
+{{- end -}}
 {{- end }}
 
 {{/* A number: ceil(limits.drain_timeout) + margin, or sidecar.terminationGracePeriodSeconds. */}}

@@ -609,6 +609,10 @@ class Config:
     log_level: Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)] = key(
         "info", "JSON log lines on stderr from this level up"
     )
+    reload: Boolish = key(
+        True, "apply a changed config file (and SIGHUP) without a restart; false: read it once (restart to apply)"
+    )
+    reload_interval: Duration = key(1.0, "how often the config file is checked for a change, seconds", ge=0.1, le=60)
     cors: Cors = key(Cors, "cross-origin requests from browsers")
     jwks: Jwks = key(Jwks, "fetching and keeping keys")
     limits: Limits = key(Limits, "sizes and timeouts")

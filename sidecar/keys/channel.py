@@ -46,10 +46,21 @@ class LocalChannel:
 
     def __init__(self, hub: KeyHub, views: Sequence[KeyView]) -> None:
         self.hub = hub
-        by_name = _deliver_to(views)
-        hub.subscribe(lambda state: by_name[state.provider].install(state))
+        self._views = _deliver_to(views)
+        hub.subscribe(self.install)
         for v in views:
             v.ask = hub.ask
+
+    def install(self, state: KeyState) -> None:
+        view = self._views.get(state.provider)
+        if view is not None:
+            view.install(state)
+
+    def rewire(self, views: Sequence[KeyView]) -> None:
+        """A reload's views: states go to them from now on."""
+        self._views = _deliver_to(views)
+        for v in views:
+            v.ask = self.hub.ask
 
     async def start(self) -> None:
         await self.hub.start()
@@ -79,6 +90,15 @@ class SocketChannel:
         view = self._views.get(state.provider)
         if view is not None:
             view.install(state)
+
+    def rewire(self, views: Sequence[KeyView]) -> None:
+        """A reload's views: states go to them from now on, starting with the latest the keys process wrote
+        (it may have reloaded first, and published a new provider's keys before these views existed)."""
+        self._views = _deliver_to(views)
+        for v in views:
+            v.ask = self.ask
+        for state in StateFile(os.path.dirname(self.path)).read().values():
+            self.install(state)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="keys-channel")

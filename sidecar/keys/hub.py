@@ -10,12 +10,19 @@ from typing import Any
 import aiohttp
 
 from sidecar.clock import Clock
-from sidecar.config import Config
+from sidecar.config import Config, Jwks, Provider
 from sidecar.fetcher import ProviderKeys
 from sidecar.keys.state import KeyState
 from sidecar.metrics import Metrics
 
 log = logging.getLogger("sidecar.keys")
+
+
+def same_key_source(old: Provider, new: Provider, old_jwks: Jwks, new_jwks: Jwks) -> bool:
+    """Whether a reloaded provider reads the same keys the same way, so its fetched keys stay good."""
+    fields = ("name", "jwks_url", "jwks_file", "discovery", "ca_file", "jwks_auth", "algorithms", "revoked_kids")
+    same = all(getattr(old, f) == getattr(new, f) for f in fields) and old_jwks == new_jwks
+    return same and (not new.discovery or old.issuer == new.issuer)
 
 
 class KeyHub:
@@ -27,6 +34,8 @@ class KeyHub:
         self._recheck = recheck
         self._session: aiohttp.ClientSession | None = None
         self.tasks: list[asyncio.Task[None]] = []  # one refresher per provider; none ever returns
+        self._clock, self._metrics = clock, metrics
+        self.reconfigured = asyncio.Event()  # set when a reload replaced refreshers (the keys process re-waits)
 
     def subscribe(self, deliver: Callable[[KeyState], object]) -> None:
         self._subscribers.append(deliver)
@@ -62,8 +71,47 @@ class KeyHub:
             timeout=aiohttp.ClientTimeout(total=self.cfg.jwks.fetch_timeout), headers={"User-Agent": "jwt-sidecar"}
         )
         for f in self.fetchers:
-            f.session = self._session
-            self.tasks.append(asyncio.create_task(f.keep_fresh(self._recheck), name=f"jwks:{f.provider.name}"))
+            self._run(f)
+
+    def _run(self, f: ProviderKeys) -> None:
+        f.session = self._session
+        self.tasks.append(asyncio.create_task(f.keep_fresh(self._recheck), name=f"jwks:{f.provider.name}"))
+
+    async def reconfigure(self, cfg: Config) -> list[str]:
+        """Take a reloaded config: a provider whose key source is unchanged keeps its fetcher (keys, schedule,
+        cooldown: no fetch). A changed one gets a new fetcher that fetches first, while the old one keeps
+        publishing; it takes over once that fetch is done, successful or not. Returns the new fetchers' names."""
+        kept: dict[str, ProviderKeys] = {}
+        fresh: list[ProviderKeys] = []
+        for p in cfg.providers:
+            old = self._by_name.get(p.name)
+            if old is not None and same_key_source(old.provider, p, self.cfg.jwks, cfg.jwks):
+                kept[p.name] = old
+            else:
+                fresh.append(ProviderKeys(p, cfg.jwks, self._clock, self._metrics, self._session))
+        replaced = [f for f in fresh if f.provider.name in self._by_name]
+        if replaced:  # bounded by fetch_timeout each; tokens keep meeting the old keys meanwhile
+            await asyncio.gather(*(f.refresh() for f in replaced))
+        running = dict(zip(self.fetchers, self.tasks, strict=False))  # empty before start()
+        gone = [f for f in self.fetchers if kept.get(f.provider.name) is not f]
+        for f in gone:
+            task = running.pop(f, None)
+            if task is not None:
+                task.cancel()
+        self.fetchers = [f for f in self.fetchers if f not in gone]
+        self.tasks = [running[f] for f in self.fetchers if f in running]
+        self.cfg = cfg
+        for f in fresh:
+            f.publish = self._publish
+            self.fetchers.append(f)
+            if self._session is not None:
+                self._run(f)
+        self._by_name = {f.provider.name: f for f in self.fetchers}
+        for f in fresh:
+            if f.fetched_at is not None:
+                self._publish(f.state())
+        self.reconfigured.set()
+        return [f.provider.name for f in fresh]
 
     async def close(self) -> None:
         for t in self.tasks:

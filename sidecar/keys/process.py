@@ -20,6 +20,7 @@ from sidecar.keys.channel import HubServer, line_limit
 from sidecar.keys.hub import KeyHub
 from sidecar.keys.state import StateFile
 from sidecar.metrics import Metrics
+from sidecar.reload import ConfigSource, Reloader
 
 log = logging.getLogger("sidecar.keys")
 SOCKET_NAME = "keys.sock"
@@ -42,18 +43,27 @@ def _no_gauges() -> None:
         multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 
-def run_keys_process(cfg: Config, shared: str, started: Callable[[], None], clock: Clock | None = None) -> int:
+def run_keys_process(
+    cfg: Config,
+    shared: str,
+    started: Callable[[], None],
+    clock: Clock | None = None,
+    source: ConfigSource | None = None,
+) -> int:
     clock = clock or clock_from_environment()
-    return asyncio.run(_serve(cfg, shared, started, clock))
+    return asyncio.run(_serve(cfg, shared, started, clock, source))
 
 
-async def _serve(cfg: Config, shared: str, started: Callable[[], None], clock: Clock) -> int:
+async def _serve(
+    cfg: Config, shared: str, started: Callable[[], None], clock: Clock, source: ConfigSource | None = None
+) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    hub = KeyHub(cfg, clock, Metrics(), _TEST_CLOCK_RECHECK if isinstance(clock, OffsetClock) else None)
+    metrics = Metrics()
+    hub = KeyHub(cfg, clock, metrics, _TEST_CLOCK_RECHECK if isinstance(clock, OffsetClock) else None)
     _no_gauges()
     state_file = StateFile(shared)
     hub.resume(state_file.read())
@@ -62,17 +72,39 @@ async def _serve(cfg: Config, shared: str, started: Callable[[], None], clock: C
     started()
     await hub.start()
     log.info("keys process serving", extra={"providers": [p.name for p in cfg.providers]})
+    watching: asyncio.Task[None] | None = None
+    if source is not None and cfg.reload:
+        # The pod's count of reloads is this process's: every worker reloads the same file.
+        reloader = Reloader(source, cfg, lambda new, _loaded: _reconfigure(hub, new), metrics, True, gauge=False)
+        watching = asyncio.create_task(reloader.run(), name="reload")
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, reloader.hangup)
     stopping = asyncio.create_task(stop.wait())
     try:
-        await asyncio.wait([stopping, *hub.tasks], return_when=asyncio.FIRST_COMPLETED)
-        if not stop.is_set():
-            # A refresher stopped (a bug): exit, and the supervisor starts a keys process that resumes the
-            # published state, rather than keep serving keys nobody refreshes.
-            failed = next(t for t in hub.tasks if t.done())
-            log.error("a key refresher stopped; exiting to be restarted", exc_info=failed.exception())
-            return 1
-        return 0
+        while True:
+            hub.reconfigured.clear()
+            changed = asyncio.create_task(hub.reconfigured.wait())
+            await asyncio.wait([stopping, changed, *hub.tasks], return_when=asyncio.FIRST_COMPLETED)
+            changed.cancel()
+            if stop.is_set():
+                return 0
+            failed = next((t for t in hub.tasks if t.done()), None)
+            if failed is not None:
+                # A refresher stopped (a bug): exit, and the supervisor starts a keys process that resumes the
+                # published state, rather than keep serving keys nobody refreshes.
+                log.error("a key refresher stopped; exiting to be restarted", exc_info=failed.exception())
+                return 1
+            # else a reload replaced refreshers: wait on the new set
     finally:
         stopping.cancel()
+        if watching is not None:
+            watching.cancel()
+            await asyncio.gather(watching, return_exceptions=True)
         await server.close()
         await hub.close()
+
+
+async def _reconfigure(hub: KeyHub, cfg: Config) -> None:
+    renewed = await hub.reconfigure(cfg)
+    if renewed:
+        log.info("key sources changed by a reload", extra={"providers": renewed})
