@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -13,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -309,3 +311,40 @@ class KeySetServer:
 
     def stop(self) -> None:
         self.server.stop()
+
+
+# nginx's main config for tests that put a real nginx in front: the `http` block's own directives follow
+_NGINX_MAIN = """user root;
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy; fastcgi_temp_path {tmp}/fcgi;
+  uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
+"""
+
+
+@contextlib.contextmanager
+def nginx(tmp: Path, http: str, probe: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A real nginx (Debian's; .ci/run installs it) with `http` inside its http block, running until the
+    block ends; started once `probe` (a URL) answers."""
+    exe = shutil.which("nginx") or "/usr/sbin/nginx"
+    assert Path(exe).exists(), "Debian's nginx is needed for the gateway tests; .ci/run installs it"
+    (tmp / "nginx.conf").write_text(_NGINX_MAIN.format(tmp=tmp) + http + "}\n")
+    proc = subprocess.Popen([exe, "-c", str(tmp / "nginx.conf"), "-p", str(tmp)], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                request(probe, path="/public/ping", timeout=1)
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                time.sleep(0.05)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import http.client
-import shutil
-import subprocess
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import yaml
@@ -15,20 +11,11 @@ import yaml
 from sidecar.devtools.issuer import DevIssuer
 from tests.conftest import AUDIENCE, Upstream
 from tests.support import Reply, SidecarProcess, free_port, request
+from tests.support import nginx as nginx_running
 
 TRUSTED = "127.0.0.2"  # nginx binds its subrequests here; 127.0.0.1 (the tests' own calls) is not trusted
 
 NGINX = """
-user root;
-worker_processes 1;
-daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-events {{ worker_connections 64; }}
-http {{
-  access_log off;
-  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy; fastcgi_temp_path {tmp}/fcgi;
-  uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
   server {{
     listen 127.0.0.1:{port};
     location = /_auth {{
@@ -49,7 +36,6 @@ http {{
       proxy_pass http://127.0.0.1:{upstream};
     }}
   }}
-}}
 """
 
 
@@ -83,32 +69,17 @@ def decider(
 
 @pytest.fixture(scope="module")
 def nginx(decider: SidecarProcess, upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    exe = shutil.which("nginx") or "/usr/sbin/nginx"
-    assert Path(exe).exists(), "Debian's nginx is needed for the auth_request test; .ci/run installs it"
     tmp = tmp_path_factory.mktemp("nginx")
     port = free_port()
-    conf = tmp / "nginx.conf"
-    conf.write_text(
-        NGINX.format(
-            tmp=tmp,
-            port=port,
-            decision=decider.decision_port,
-            trusted=TRUSTED,  # type: ignore[attr-defined]
-            upstream=upstream.url.rsplit(":", 1)[1],
-        )
+    http = NGINX.format(
+        port=port,
+        decision=decider.decision_port,  # type: ignore[attr-defined]
+        trusted=TRUSTED,
+        upstream=upstream.url.rsplit(":", 1)[1],
     )
-    proc = subprocess.Popen([exe, "-c", str(conf), "-p", str(tmp)], stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            request(url, path="/public/ping", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    with nginx_running(tmp, http, url):
+        yield url
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -158,8 +129,8 @@ def test_a_client_cannot_claim_a_public_path_through_nginx(nginx: str, upstream:
 def decide(decider: SidecarProcess, path: str, headers: dict[str, str], source: str) -> Reply:
     conn = http.client.HTTPConnection(
         "127.0.0.1",
-        decider.decision_port,
-        timeout=10,  # type: ignore[attr-defined]
+        decider.decision_port,  # type: ignore[attr-defined]
+        timeout=10,
         source_address=(source, 0),
     )
     try:

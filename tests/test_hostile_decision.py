@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import http.client
 import itertools
-import shutil
 import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +20,8 @@ import yaml
 
 from sidecar.devtools.issuer import DevIssuer
 from tests.conftest import AUDIENCE, Upstream
-from tests.support import Reply, SidecarProcess, ThreadedServer, free_port, request
+from tests.support import Reply, SidecarProcess, ThreadedServer, free_port
+from tests.support import nginx as nginx_running
 
 TRUSTED = "127.0.0.2"  # nginx binds its auth subrequests here; the tests' own calls (127.0.0.1) are not trusted
 ORIGIN = "http://localhost:3000"
@@ -81,22 +79,11 @@ SERVER = """
 STRIP = 'proxy_set_header X-Forwarded-Uri ""; proxy_set_header X-Forwarded-Method "";'
 
 NGINX = """
-user root;
-worker_processes 1;
-daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-events {{ worker_connections 64; }}
-http {{
-  access_log off;
-  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy; fastcgi_temp_path {tmp}/fcgi;
-  uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
   map "$request_method:$http_access_control_request_method" $cors_preflight {{
     default 0;
     "~^OPTIONS:." 1;
   }}
   {servers}
-}}
 """
 
 
@@ -173,8 +160,6 @@ def gateway(
 ) -> Iterator[dict[str, int]]:
     """nginx with three servers: the recommended config, the same without stripping client X-Forwarded-*
     (so conflicts reach the sidecar), and one in front of the keyless sidecar."""
-    exe = shutil.which("nginx") or "/usr/sbin/nginx"
-    assert Path(exe).exists(), "Debian's nginx is needed for the auth_request tests; .ci/run installs it"
     tmp = tmp_path_factory.mktemp("nginx")
     ports = {"strict": free_port(), "passing": free_port(), "keyless": free_port()}
     up = upstream.url.rsplit(":", 1)[1]
@@ -186,19 +171,8 @@ def gateway(
             ("keyless", keyless, STRIP),
         )
     )
-    (tmp / "nginx.conf").write_text(NGINX.format(tmp=tmp, servers=servers))
-    proc = subprocess.Popen([exe, "-c", str(tmp / "nginx.conf"), "-p", str(tmp)], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            request(f"http://127.0.0.1:{ports['strict']}", path="/public/ping", timeout=1)
-            break
-        except OSError:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            time.sleep(0.05)
-    yield ports
-    proc.terminate()
-    proc.wait(10)
+    with nginx_running(tmp, NGINX.format(servers=servers), f"http://127.0.0.1:{ports['strict']}"):
+        yield ports
 
 
 def send(port: int, target: bytes, headers: list[tuple[str, str]] = (), method: bytes = b"GET") -> Reply:  # type: ignore[assignment]

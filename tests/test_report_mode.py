@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +20,7 @@ from sidecar.config.sources import env_layer
 from sidecar.devtools.issuer import DevIssuer
 from tests.conftest import AUDIENCE, MakeSidecar, Upstream, config_process
 from tests.support import SidecarProcess, free_port, request
+from tests.support import nginx as nginx_running
 
 REPORTED = "sidecar_auth_reported_total"
 FAILED = "sidecar_auth_failures_total"
@@ -337,16 +335,6 @@ def test_a_rule_mode_must_be_enforce_or_report_and_never_on_a_public_rule() -> N
 # --- decision mode behind a real nginx ------------------------------------------------------------------
 
 NGINX = """
-user root;
-worker_processes 1;
-daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-events {{ worker_connections 64; }}
-http {{
-  access_log off;
-  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy; fastcgi_temp_path {tmp}/fcgi;
-  uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
   server {{
     listen 127.0.0.1:{port};
     location = /_auth {{
@@ -367,37 +355,21 @@ http {{
       proxy_pass http://127.0.0.1:{upstream};
     }}
   }}
-}}
 """
 
 
 @pytest.fixture(scope="module")
 def nginx(reporting: SidecarProcess, upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    exe = shutil.which("nginx") or "/usr/sbin/nginx"
-    assert Path(exe).exists(), "Debian's nginx is needed for the auth_request test; .ci/run installs it"
     tmp = tmp_path_factory.mktemp("nginx-report")
     port = free_port()
-    conf = tmp / "nginx.conf"
-    conf.write_text(
-        NGINX.format(
-            tmp=tmp,
-            port=port,
-            decision=reporting.decision_port,  # type: ignore[attr-defined]
-            upstream=upstream.url.rsplit(":", 1)[1],
-        )
+    http = NGINX.format(
+        port=port,
+        decision=reporting.decision_port,  # type: ignore[attr-defined]
+        upstream=upstream.url.rsplit(":", 1)[1],
     )
-    proc = subprocess.Popen([exe, "-c", str(conf), "-p", str(tmp)], stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            request(url, path="/public/ping", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    with nginx_running(tmp, http, url):
+        yield url
 
 
 def test_nginx_forwards_a_reported_request_with_the_report_header(
