@@ -13,6 +13,10 @@ revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 created=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 
 args=(--build-arg "VERSION=$version" --build-arg "REVISION=$revision" --build-arg "CREATED=$created")
+# The same values as labels of the build itself: buildah's layer cache reuses a cached LABEL step whose ARG
+# values changed (a rebuild kept the previous revision), while --label always applies to the new image.
+label=org.opencontainers.image
+args+=(--label "$label.version=$version" --label "$label.revision=$revision" --label "$label.created=$created")
 [ -z "${PYTHON_IMAGE:-}" ] || args+=(--build-arg "PYTHON_IMAGE=$PYTHON_IMAGE")
 if [ -n "${ENGINE:-}" ]; then
   engine=$ENGINE
