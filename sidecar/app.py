@@ -199,17 +199,6 @@ async def apply_config(apps: list[web.Application], cfg: Config, loaded: Loaded)
             app[STATE] = new
 
 
-def _check_sizes(request: web.Request, per_header: int, total: int) -> None:
-    seen = 0
-    for name, value in request.raw_headers:
-        size = len(name) + len(value) + 4
-        if size > per_header:
-            raise errors.HeadersTooLarge(f"header {name[:64].decode('latin-1')!r} is {size} bytes, limit {per_header}")
-        seen += size
-    if seen > total:
-        raise errors.HeadersTooLarge(f"headers total {seen} bytes, limit {total}")
-
-
 async def handle(request: web.Request) -> web.StreamResponse:
     s = request.app[STATE]
     m = s.metrics
@@ -218,7 +207,6 @@ async def handle(request: web.Request) -> web.StreamResponse:
     cors_extra = s.cors.actual(origin) if s.cors.enabled else ()
     m.in_flight.inc()
     try:
-        _check_sizes(request, cfg.limits.max_header_bytes, cfg.limits.max_headers_total_bytes)
         if s.cors.enabled and s.cors.is_preflight(request.method, request.headers):
             return web.Response(status=204, headers=CIMultiDict(preflight(s, request.headers)))
         raw = request.raw_path
