@@ -626,6 +626,9 @@ class Config:
     )
     decision: Decision | None = key(None, "the decision listener for gateways (off when absent)")
     websocket_close_on_expiry: Boolish = key(True, "close a proxied WebSocket when its token stops being accepted")
+    proxy_engine: Annotated[Literal["lean", "aiohttp"], BeforeValidator(_lower)] = key(
+        "lean", "the proxy listener's HTTP/1.1 engine: lean (llhttp on uvloop) or aiohttp (the earlier one)"
+    )
 
     @property
     def all_claim_headers(self) -> tuple[tuple[str, str], ...]:
