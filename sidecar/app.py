@@ -24,13 +24,13 @@ from multidict import CIMultiDict
 
 from sidecar import errors
 from sidecar.admin import admin_app
-from sidecar.authorize import authorize, preflight
+from sidecar.authorize import preflight
 from sidecar.clock import Clock, OffsetClock, clock_from_environment
 from sidecar.config import Config
 from sidecar.connlimits import ConnLimits
 from sidecar.cors import CorsPolicy
 from sidecar.decision import decision_app
-from sidecar.formbody import FormScan, check_encoding, content_type, form_kind
+from sidecar.gate import admit, is_websocket
 from sidecar.guard import GuardedRunner, counting
 from sidecar.headers import GRACE_SUFFIX, REPORT_SUFFIX, HeaderPolicy
 from sidecar.keys.channel import LocalChannel, SocketChannel, line_limit
@@ -42,12 +42,12 @@ from sidecar.metrics import Metrics
 from sidecar.override import MethodOverride
 from sidecar.proxy import forward, upstream_session
 from sidecar.reload import ConfigSource, Loaded, Reloader, config_hash, current
-from sidecar.responses import reject, report, setup_logging
-from sidecar.rules import RuleSet, encode, normalise
+from sidecar.responses import reject, setup_logging
+from sidecar.rules import RuleSet
 from sidecar.scrub import TokenForms
-from sidecar.token_cache import TokenCache, VerifiedToken
+from sidecar.token_cache import TokenCache
 from sidecar.verify import Verifier
-from sidecar.websocket import is_websocket, proxy_websocket
+from sidecar.websocket import proxy_websocket
 from sidecar.workers import run_workers
 
 log = logging.getLogger("sidecar")
@@ -200,6 +200,7 @@ async def apply_config(apps: list[web.Application], cfg: Config, loaded: Loaded)
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
+    """The aiohttp engine's proxy handler (the lean engine's is sidecar/http/server.py); both decide in gate.py."""
     s = request.app[STATE]
     m = s.metrics
     cfg = s.cfg
@@ -209,46 +210,24 @@ async def handle(request: web.Request) -> web.StreamResponse:
     try:
         if s.cors.enabled and s.cors.is_preflight(request.method, request.headers):
             return web.Response(status=204, headers=CIMultiDict(preflight(s, request.headers)))
-        raw = request.raw_path
-        path, _, query = raw.partition("?")
-        if not path.startswith("/"):
-            raise errors.BadRequest("the request target must be an absolute path")
-        canonical = normalise(path)
-        also = s.overrides.methods(request.headers, query)
-        allowed = await authorize(s, request.method, canonical, request.headers, request.query, also)
-        headers = s.headers.forwardable(request.headers)
-        if allowed.reported is None:
-            # the verified token, in the form it was read, is the only token form the app may see
-            query = s.forms.scrub(headers, query, None if allowed.route.strip_authorization else allowed.token_form)
-            for name, value in allowed.identity:
-                headers[name] = value
-            if cfg.route_metrics:
-                m.route_requests.labels(allowed.route.name, "allowed").inc()
-        else:
-            # report mode: the app gets what it got before the sidecar (its tokens as sent, unless the route
-            # strips them) plus the verdict, and no identity from a token that failed
-            report(s, request, allowed.reported)
-            if allowed.route.strip_authorization:
-                query = s.forms.scrub(headers, query, None)
-            headers[s.report_header] = allowed.reported.reason
-        _forwarded(request, headers)
-        path_qs = (encode(canonical) if canonical is not None else path) + ("?" + query if query else "")
+        a = await admit(
+            s,
+            request,
+            request.raw_path,
+            request.headers,
+            request.query,
+            request.remote,
+            request.scheme,
+            request.host,
+            request.body_exists,
+        )
         assert s.upstream is not None
-        if is_websocket(request):
-            expires_at = _expiry(s, allowed.verified) if cfg.websocket_close_on_expiry else None
-            return await proxy_websocket(request, s.upstream, cfg.upstream + path_qs, headers, expires_at, s.clock, m)
-        scan = None
-        if request.body_exists and form_kind(ctype := content_type(request.headers)):
-
-            async def judge(more: frozenset[str]) -> None:
-                late = await authorize(s, request.method, canonical, request.headers, request.query, also | more)
-                if late.reported is not None and allowed.reported is None:
-                    report(s, request, late.reported)  # the head has gone: counted and logged, no header
-
-            check_encoding(request.headers)
-            scan = FormScan(ctype, s.forms.params, s.overrides, judge)
+        if is_websocket(request.method, request.headers):
+            return await proxy_websocket(
+                request, s.upstream, cfg.upstream + a.path_qs, a.headers, a.expires_at, s.clock, m
+            )
         return await forward(
-            request, s.upstream, cfg.upstream, path_qs, headers, cors_extra, cfg.limits.max_body_bytes, m, scan
+            request, s.upstream, cfg.upstream, a.path_qs, a.headers, cors_extra, cfg.limits.max_body_bytes, m, a.scan
         )
     except errors.Rejection as r:
         if cfg.route_metrics and r.route:
@@ -256,23 +235,6 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return reject(s, request, r, cors_extra)
     finally:
         m.in_flight.dec()
-
-
-def _expiry(s: Sidecar, verified: VerifiedToken | None) -> float | None:
-    """Wall time at which a WebSocket opened with this token must close: when the token stops being accepted."""
-    if verified is None or verified.exp is None:
-        return None
-    return verified.exp + s.cfg.leeway + s.cfg.expired_grace
-
-
-def _forwarded(request: web.Request, headers: CIMultiDict[str]) -> None:
-    peer = request.remote or "unknown"
-    prior = request.headers.getall("X-Forwarded-For", ())
-    headers["X-Forwarded-For"] = ", ".join((*prior, peer))
-    # An ingress or load balancer in front already set these for the original client: keep theirs.
-    headers.setdefault("X-Forwarded-Proto", request.scheme)
-    headers.setdefault("X-Forwarded-Host", request.host)
-    headers["Host"] = request.host
 
 
 # --- app and lifecycle ----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from sidecar.errors import CorsRejected, Rejection
 
 if TYPE_CHECKING:
     from sidecar.app import Sidecar
+    from sidecar.gate import Seen
 
 log = logging.getLogger("sidecar.auth")
 RETRY_AFTER_SECONDS = 5
@@ -77,7 +78,7 @@ def token_context(token: str | None, known: dict[str, object] | None = None) -> 
 
 def reject(
     s: Sidecar,
-    request: web.Request,
+    request: Seen,
     r: Rejection,
     cors_extra: tuple[tuple[str, str], ...],
     status: int | None = None,
@@ -95,7 +96,7 @@ def reject(
     return rejection(r, s.cfg.realm, extra, status)
 
 
-def report(s: Sidecar, request: web.Request, r: Rejection) -> None:
+def report(s: Sidecar, request: Seen, r: Rejection) -> None:
     """A refusal escaped in report mode: counted apart from enforced ones, logged on the same line with
     `reported: true` and the status it would have had. The request itself goes on (app.py, decision.py)."""
     s.metrics.auth_reported.labels(r.reason).inc()
@@ -108,7 +109,7 @@ def report(s: Sidecar, request: web.Request, r: Rejection) -> None:
 REPORTED_PREFIX = "reported:"  # sidecar_route_requests_total's outcome for a reported refusal
 
 
-def _log_line(request: web.Request, r: Rejection, status: int, more: dict[str, object]) -> None:
+def _log_line(request: Seen, r: Rejection, status: int, more: dict[str, object]) -> None:
     log.info(
         "rejected",
         extra={
