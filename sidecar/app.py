@@ -15,8 +15,9 @@ import logging
 import os
 import signal
 import warnings
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -33,6 +34,7 @@ from sidecar.decision import decision_app
 from sidecar.gate import admit, is_websocket
 from sidecar.guard import GuardedRunner, counting
 from sidecar.headers import GRACE_SUFFIX, REPORT_SUFFIX, HeaderPolicy
+from sidecar.http.server import LeanServer
 from sidecar.keys.channel import LocalChannel, SocketChannel, line_limit
 from sidecar.keys.hub import KeyHub, same_key_source
 from sidecar.keys.process import run_keys_process, socket_path
@@ -51,6 +53,7 @@ from sidecar.websocket import proxy_websocket
 from sidecar.workers import run_workers
 
 log = logging.getLogger("sidecar")
+T = TypeVar("T")
 
 
 @dataclass
@@ -310,23 +313,30 @@ async def run_until_signal(
         admin_app(state, STATE), limits.for_admin(), closed, access_log=None, handle_signals=False
     )
     await admin_runner.setup()
-    proxy_runner = GuardedRunner(
-        proxy_app(state),
-        limits,
-        closed,
-        access_log=None,
-        handle_signals=False,
-        shutdown_timeout=cfg.limits.drain_timeout,
-        # The guard refuses longer lines (414/431) before the parser sees them; these bound chunked trailers.
-        max_field_size=cfg.limits.max_header_bytes,
-        max_line_size=cfg.limits.max_header_bytes,
-        max_headers=cfg.limits.max_headers,
-    )
-    await proxy_runner.setup()
-    await _pods_first_keys(state)
+    lean: LeanServer | None = None
+    proxy_runner: GuardedRunner | None = None
+    if cfg.proxy_engine == "aiohttp":
+        proxy_runner = GuardedRunner(
+            proxy_app(state),
+            limits,
+            closed,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=cfg.limits.drain_timeout,
+            # The guard refuses longer lines (414/431) before the parser sees them; these bound chunked trailers.
+            max_field_size=cfg.limits.max_header_bytes,
+            max_line_size=cfg.limits.max_header_bytes,
+            max_headers=cfg.limits.max_headers,
+        )
+        await proxy_runner.setup()
     admin_host, admin_port = _split(cfg.admin_listen)
     host, port = _split(cfg.listen)
-    await web.TCPSite(proxy_runner, host, port, reuse_address=True, reuse_port=reuse_port, backlog=1024).start()
+    if proxy_runner is not None:
+        await web.TCPSite(proxy_runner, host, port, reuse_address=True, reuse_port=reuse_port, backlog=1024).start()
+        proxy = proxy_runner.app
+    else:
+        lean = await LeanServer.start(state, host, port, limits, closed, reuse_port=reuse_port)
+        proxy = lean.app
     decision_runner = None
     if cfg.decision is not None:
         decision_runner = GuardedRunner(
@@ -345,7 +355,7 @@ async def run_until_signal(
         await web.TCPSite(decision_runner, d_host, d_port, reuse_address=True, reuse_port=reuse_port).start()
     # The admin listener opens last: a /readyz that answers means this worker's other listeners accept.
     await web.TCPSite(admin_runner, admin_host, admin_port, reuse_address=True, reuse_port=reuse_port).start()
-    apps = [r.app for r in (proxy_runner, admin_runner, decision_runner) if r is not None]
+    apps = [proxy, *(r.app for r in (admin_runner, decision_runner) if r is not None)]
     watching: asyncio.Task[None] | None = None
     if source is not None and cfg.reload:
         reloader = Reloader(source, cfg, functools.partial(apply_config, apps), state.metrics, counts_reloads)
@@ -368,36 +378,42 @@ async def run_until_signal(
     if watching is not None:
         watching.cancel()
         await asyncio.gather(watching, return_exceptions=True)
-    state = proxy_runner.app[STATE]
+    state = proxy[STATE]
     state.draining = True
     log.info("draining", extra={"timeout": cfg.limits.drain_timeout})
-    await proxy_runner.cleanup()
+    if lean is not None:
+        await lean.close(cfg.limits.drain_timeout)
+    else:
+        assert proxy_runner is not None
+        await proxy_runner.cleanup()
     if decision_runner is not None:
         await decision_runner.cleanup()
     await admin_runner.cleanup()
     log.info("stopped")
 
 
-def use_uvloop() -> None:
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """Run `main` on uvloop where there is one (`uvloop.install()` is deprecated: a loop factory instead)."""
     try:
         import uvloop
-
-        uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency; Windows has none
-        pass
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 def _serve_one(
     cfg: Config, shared: str | None, started: Callable[[], None] = lambda: None, source: ConfigSource | None = None
 ) -> int:
-    use_uvloop()
-    state = build_state(cfg, shared=shared)
     alone = shared is None
-    asyncio.run(
-        run_until_signal(
+
+    async def main() -> None:
+        state = build_state(cfg, shared=shared)
+        await run_until_signal(
             state, reuse_port=not alone, started=started, announce=alone, source=source, counts_reloads=alone
         )
-    )
+
+    run(main())
     return 0
 
 
