@@ -67,6 +67,7 @@ class UpstreamConn(asyncio.Protocol):
         self._eof_ends = False  # the body ends when the app closes the connection
         self._complete = False
         self._info = False  # the current message is a 1xx
+        self._keep = False  # the app keeps this connection open after the current response
         self._last = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._drain: asyncio.Future[None] | None = None
@@ -148,6 +149,7 @@ class UpstreamConn(asyncio.Protocol):
         if status == 101 and not reply.websocket:
             raise FramingError("a 101 to a request that asked for no upgrade")
         fr = framing(headers, p.get_http_version(), is_request=False)
+        self._keep = p.should_keep_alive()  # llhttp forgets this once the message is complete
         reply.status = status
         reply.head_at = self.pool.loop.time()
         no_body = reply.method == "HEAD" or status in _NO_BODY_STATUS or status == 101
@@ -210,7 +212,7 @@ class UpstreamConn(asyncio.Protocol):
         assert self.transport is not None
         loop = self.pool.loop
         self.reply = reply
-        self.received = self._complete = self._chunk = self._eof_ends = self._info = False
+        self.received = self._complete = self._chunk = self._eof_ends = self._info = self._keep = False
         self.finished = loop.create_future()
         self._last = loop.time()
         self._timer = loop.call_at(self._last + self.pool.read_timeout, self._check_timeout)
@@ -263,7 +265,7 @@ class UpstreamConn(asyncio.Protocol):
     def release(self, body_sent: bool) -> None:
         """The exchange is over: back to the pool if the connection can carry another, else closed."""
         self.reply, self.finished = None, None
-        if body_sent and self._complete and self.upgraded is None and self._parser.should_keep_alive():
+        if body_sent and self._complete and self.upgraded is None and self._keep:
             self.pool.put(self)
         else:
             self.close()
