@@ -318,6 +318,10 @@ class UpstreamPool:
                 conn.reused = True
                 return conn
             conn.close()
+        # in a task of its own: requests run without one (server.drive), and the timeout needs a task
+        return await self.loop.create_task(self._connect())
+
+    async def _connect(self) -> UpstreamConn:
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await self.loop.create_connection(
