@@ -1,10 +1,12 @@
 """Every metric the sidecar exports, declared in one place on a registry owned by the app.
 
-One worker process counts in plain Python numbers on the request path and hands them to Prometheus only when
-`/metrics` is scraped (`_LocalCollector`): an increment is an attribute add, with no lock and no call into
-prometheus_client. In multiprocess mode (several workers, `PROMETHEUS_MULTIPROC_DIR` set) every process must
-write its values to the shared files as they change, so any worker's scrape sums them all; there the same
-declarations build prometheus_client's own metrics, which do exactly that.
+The request path counts in plain Python numbers: an increment is an attribute add, with no lock and no call
+into prometheus_client. One collector (`_LocalCollector`) turns them into metric families when `/metrics` is
+scraped, with the names, help, labels, buckets and zero series prometheus_client's own metrics had (the
+tests compare the two expositions). In multiprocess mode (several workers, `PROMETHEUS_MULTIPROC_DIR` set)
+any worker's scrape sums every process's file, so each change is also written to this process's file as it
+happens: one mmap write, still without prometheus_client's lock. `Metrics(local=False)` builds the same
+declarations as prometheus_client metrics (the tests' reference).
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client import metrics as _client_metrics
+from prometheus_client import values as _client_values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
@@ -28,6 +31,9 @@ from sidecar.errors import AUTH_REASONS, REQUEST_REASONS, UPSTREAM_REASONS
 # Validation is tens of microseconds on a cache hit and about a millisecond on a cold RSA verify.
 _VALIDATION_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
 _UPSTREAM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+_MOST_RECENT = ("mostrecent", "livemostrecent")  # gauge modes whose values carry a timestamp
+_Labels = tuple[tuple[str, str], ...]  # a series' labels as (name, value) pairs
 
 JWKS_FETCH_RESULTS = ("success", "http_error", "timeout", "invalid", "refused")
 WEBSOCKET_ENDS = ("client_closed", "app_closed", "token_expired", "refused_by_app", "error")
@@ -121,7 +127,7 @@ class _HistogramValue:
 
     def __init__(self, bounds: tuple[float, ...], les: tuple[str, ...]) -> None:
         self.bounds, self.les = bounds, les
-        self.counts = [0] * len(bounds)  # per bucket, not cumulative: one add per observation
+        self.counts = [0.0] * len(bounds)  # per bucket, not cumulative: one add per observation
         self.sum = 0.0
         self.created = time.time()
 
@@ -142,6 +148,76 @@ class _HistogramValue:
             family.samples.append(Sample(family.name + "_created", labels, self.created))
 
 
+# Multiprocess mode: the same values, each change also written to this process's file in the shared directory,
+# where any worker's MultiProcessCollector sums it on a scrape. prometheus_client's own value class
+# (MmapedValue) opens the file and makes the key, so the name, the layout and the gauge modes are exactly its
+# own; the write then skips its lock and its per-call fork check (a getpid). That is safe because a Metrics
+# object lives in the process that built it: workers and the keys process build theirs after the fork.
+
+
+def _cell(typ: str, metric: str, name: str, labels: _Labels, doc: str, mode: str = "") -> Any:
+    """This process's mmap file and the key of one value in it, and the value it holds now."""
+    value = _client_values.ValueClass(
+        typ, metric, name, [k for k, _ in labels], [v for _, v in labels], doc, multiprocess_mode=mode
+    )
+    return value._file, value._key, value.get()
+
+
+class _SharedCounterValue(_CounterValue):
+    __slots__ = ("file", "key")
+
+    def __init__(self, name: str, labels: _Labels, doc: str) -> None:
+        super().__init__()
+        self.file, self.key, self.value = _cell("counter", name, name + "_total", labels, doc)
+
+    def inc(self, amount: float = 1) -> None:
+        if amount < 0:
+            raise ValueError("Counters can only be incremented by non-negative amounts.")
+        self.value += amount
+        self.file.write_value(self.key, self.value, 0.0)
+
+
+class _SharedGaugeValue(_GaugeValue):
+    __slots__ = ("file", "key", "stamped")
+
+    def __init__(self, name: str, labels: _Labels, doc: str, mode: str) -> None:
+        super().__init__()
+        self.file, self.key, self.value = _cell("gauge", name, name, labels, doc, mode)
+        self.stamped = mode in _MOST_RECENT  # the collector keeps the value with the newest timestamp
+
+    def inc(self, amount: float = 1) -> None:
+        self.value += amount
+        self.file.write_value(self.key, self.value, 0.0)
+
+    def dec(self, amount: float = 1) -> None:
+        self.value -= amount
+        self.file.write_value(self.key, self.value, 0.0)
+
+    def set(self, value: float) -> None:
+        self.value = float(value)
+        self.file.write_value(self.key, self.value, time.time() if self.stamped else 0.0)
+
+
+class _SharedHistogramValue(_HistogramValue):
+    __slots__ = ("bucket_keys", "file", "sum_key")
+
+    def __init__(self, name: str, labels: _Labels, doc: str, bounds: tuple[float, ...], les: tuple[str, ...]) -> None:
+        super().__init__(bounds, les)
+        self.file, self.sum_key, self.sum = _cell("histogram", name, name + "_sum", labels, doc)
+        self.bucket_keys = []
+        for i, le in enumerate(les):
+            _, key, self.counts[i] = _cell("histogram", name, name + "_bucket", (*labels, ("le", le)), doc)
+            self.bucket_keys.append(key)
+
+    def observe(self, amount: float) -> None:
+        self.sum += amount
+        self.file.write_value(self.sum_key, self.sum, 0.0)
+        if amount == amount:
+            i = bisect_left(self.bounds, amount)
+            self.counts[i] += 1
+            self.file.write_value(self.bucket_keys[i], self.counts[i], 0.0)
+
+
 V = TypeVar("V", _CounterValue, _GaugeValue, _HistogramValue)
 
 
@@ -150,9 +226,9 @@ class _Family(Generic[V]):
 
     __slots__ = ("children", "labelnames", "make")
 
-    def __init__(self, labelnames: tuple[str, ...], make: Callable[[], V]) -> None:
+    def __init__(self, labelnames: tuple[str, ...], make: Callable[[_Labels], V]) -> None:
         self.labelnames = labelnames
-        self.make: Callable[[], V] = make
+        self.make: Callable[[_Labels], V] = make  # given the child's labels as (name, value) pairs
         self.children: dict[tuple[str, ...], V] = {}
 
     def labels(self, *values: str, **kw: str) -> V:
@@ -174,7 +250,7 @@ class _Family(Generic[V]):
         key = tuple(str(v) for v in values)
         child = self.children.get(key)
         if child is None:
-            child = self.children[key] = self.make()
+            child = self.children[key] = self.make(tuple(zip(self.labelnames, key, strict=True)))
         return child
 
 
@@ -201,49 +277,51 @@ class _LocalCollector(Collector):
 
 
 class _Declare:
-    """Builds each declared metric on one backend: local values (one process), or prometheus_client's own
-    metrics, which write through to the shared files (multiprocess mode)."""
+    """Builds each declared metric: local values (also written to the shared files in multiprocess mode), or
+    prometheus_client's own metrics (`local=False`: what the sidecar used before; the tests' reference)."""
 
     def __init__(self, registry: CollectorRegistry, local: bool) -> None:
         self.registry, self.local = registry, local
+        self.shared = bool(getattr(_client_values.ValueClass, "_multiprocess", False))
         self.declared: list[_Declared] = []
+
+    def _add(self, family: Callable[[], Metric], values: _Family[V]) -> _Family[V]:
+        self.declared.append(_Declared(family, values.children))
+        return values
 
     def counter(self, name: str, doc: str) -> Counting:
         if not self.local:
             return Counter(name, doc, registry=self.registry)
-        family = _Family((), _CounterValue)
-        self.declared.append(_Declared(lambda: CounterMetricFamily(name, doc, labels=()), family.children))
-        return family.labels()
+        return self.counters(name, doc, ()).labels()
 
     def counters(self, name: str, doc: str, labels: Sequence[str]) -> Labelled[Counting]:
         if not self.local:
             return Counter(name, doc, labels, registry=self.registry)
-        family = _Family(tuple(labels), _CounterValue)
-        self.declared.append(_Declared(lambda: CounterMetricFamily(name, doc, labels=labels), family.children))
-        return family
+        make = (lambda ls: _SharedCounterValue(name, ls, doc)) if self.shared else (lambda _: _CounterValue())
+        return self._add(lambda: CounterMetricFamily(name, doc, labels=labels), _Family(tuple(labels), make))
 
     def gauge(self, name: str, doc: str, mode: str) -> Level:
         if not self.local:
             return Gauge(name, doc, registry=self.registry, multiprocess_mode=mode)  # type: ignore[arg-type]
-        family = _Family((), _GaugeValue)
-        self.declared.append(_Declared(lambda: GaugeMetricFamily(name, doc, labels=()), family.children))
-        return family.labels()
+        return self.gauges(name, doc, (), mode).labels()
 
     def gauges(self, name: str, doc: str, labels: Sequence[str], mode: str) -> Labelled[Level]:
         if not self.local:
             return Gauge(name, doc, labels, registry=self.registry, multiprocess_mode=mode)  # type: ignore[arg-type]
-        family = _Family(tuple(labels), _GaugeValue)
-        self.declared.append(_Declared(lambda: GaugeMetricFamily(name, doc, labels=labels), family.children))
-        return family
+        make = (lambda ls: _SharedGaugeValue(name, ls, doc, mode)) if self.shared else (lambda _: _GaugeValue())
+        return self._add(lambda: GaugeMetricFamily(name, doc, labels=labels), _Family(tuple(labels), make))
 
     def histogram(self, name: str, doc: str, buckets: Sequence[float]) -> Observing:
         if not self.local:
             return Histogram(name, doc, buckets=buckets, registry=self.registry)
         bounds = (*(float(b) for b in buckets), INF)
         les = tuple(floatToGoString(b) for b in bounds)  # type: ignore[no-untyped-call]
-        family = _Family((), lambda: _HistogramValue(bounds, les))
-        self.declared.append(_Declared(lambda: HistogramMetricFamily(name, doc, labels=()), family.children))
-        return family.labels()
+        make: Callable[[_Labels], _HistogramValue]
+        if self.shared:
+            make = lambda ls: _SharedHistogramValue(name, ls, doc, bounds, les)  # noqa: E731
+        else:
+            make = lambda _: _HistogramValue(bounds, les)  # noqa: E731
+        return self._add(lambda: HistogramMetricFamily(name, doc, labels=()), _Family((), make)).labels()
 
     def done(self) -> None:
         if self.local:
