@@ -329,11 +329,9 @@ class _Declare:
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None, *, local: bool | None = None) -> None:
-        """`local`: count in this process and export on scrape; by default, unless in multiprocess mode."""
+    def __init__(self, registry: CollectorRegistry | None = None, *, local: bool = True) -> None:
+        """`local=False`: prometheus_client's own metrics, each update under its lock (the tests' reference)."""
         self.registry = registry or CollectorRegistry(auto_describe=True)
-        if local is None:
-            local = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
         d = _Declare(self.registry, local)
         self.auth_success = d.counter("sidecar_auth_success", "Requests with a verified token")
         self.auth_failures = d.counters(

@@ -272,6 +272,7 @@ def test_in_multiprocess_mode_the_shared_files_sum_to_what_prometheus_client_wro
 def test_in_multiprocess_mode_a_process_continues_from_the_value_in_its_file(tmp_path: Path, process: Process) -> None:
     with process("shared", 303):
         first = Metrics()
+        assert type(first.auth_success).__module__ == "sidecar.metrics"  # the default in multiprocess mode too
         first.auth_success.inc(5)
         first.validation_seconds.observe(0.001)
         # a second Metrics in the same process reads the same file, as a second prometheus_client metric would
