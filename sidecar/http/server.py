@@ -160,7 +160,7 @@ class ClientConn(asyncio.Protocol):
         local = transport.get_extra_info("sockname")
         if isinstance(local, tuple):
             host = str(local[0])
-            self.local = f"[{host}]:{local[1]}" if ":" in host else f"{host}:{local[1]}"
+            self.local = f"[{host}]" if ":" in host else host
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -304,8 +304,7 @@ class ClientConn(asyncio.Protocol):
             if len(name) + len(value) + 4 > lim.max_line_bytes or self._trailers > lim.max_headers:
                 raise FramingError("trailers over the header limits")
             return
-        # llhttp drops the whitespace before a value, not after it (RFC 9110 §5.5: neither is part of it)
-        self._headers.append((name, value.rstrip(b" \t")))
+        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         if self._overrun:
@@ -314,11 +313,11 @@ class ClientConn(asyncio.Protocol):
         headers, self._headers = self._headers, []
         url, self._url = self._url, b""
         version = p.get_http_version()
+        upgrade = p.should_upgrade()
         try:
-            fr = framing(headers, version, is_request=True)
+            fr = framing(headers, version, True, upgrade)
         except FramingError as e:
             self._bad, fr = e, NO_BODY
-        upgrade = p.should_upgrade()
         keep = p.should_keep_alive() and not upgrade
         ex = Exchange(p.get_method().decode("ascii"), url.decode("latin-1"), headers, version, keep, fr)
         ex.upgrade = upgrade
@@ -347,8 +346,11 @@ class ClientConn(asyncio.Protocol):
         s = self.server.state
         m = s.metrics
         m.in_flight.inc()
+        # llhttp drops the blanks before a value, not after it (RFC 9110 §5.5: neither is part of it)
         headers = CIMultiDictProxy(
-            CIMultiDict([(k.decode("latin-1"), v.decode("utf-8", "surrogateescape")) for k, v in ex.headers])
+            CIMultiDict(
+                [(k.decode("latin-1"), v.rstrip(b" \t").decode("utf-8", "surrogateescape")) for k, v in ex.headers]
+            )
         )
         cors_extra = s.cors.actual(headers.get("Origin")) if s.cors.enabled else ()
         ex.keep = ex.keep and not self.server.draining
@@ -358,7 +360,7 @@ class ClientConn(asyncio.Protocol):
                 return
             _, _, raw_query = ex.target.partition("?")
             query = URL("/?" + raw_query, encoded=True).query if raw_query else _NO_QUERY
-            host = headers.get("Host") or self.local
+            host = headers.get("Host") or self.local  # HTTP/1.0 may omit it
             a = await admit(s, ex, ex.target, headers, query, self.peer, "http", host, ex.framing.has_body)
             if ex.upgrade and is_websocket(ex.method, headers):
                 await self._websocket(ex, a, s)
