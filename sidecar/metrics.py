@@ -457,7 +457,7 @@ class Metrics:
             self.upstream_errors.labels(reason)
         for result in ("allowed", "rejected"):
             self.cors_preflights.labels(result)
-        for result in ("hit", "miss"):
+        for result in ("hit", "miss", "refused"):
             self.token_cache.labels(result)
         for end in WEBSOCKET_ENDS:
             self.websockets.labels(end)

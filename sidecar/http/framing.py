@@ -62,6 +62,7 @@ _SINGLETONS: Final = frozenset(
     }
 )
 _FRAMING: Final = frozenset({b"content-length", b"transfer-encoding"})
+_LENGTHS: Final = frozenset(len(n) for n in _SINGLETONS)
 
 
 def framing(headers: list[tuple[bytes, bytes]], version: str, is_request: bool, upgrade: bool = False) -> Framing:
@@ -73,6 +74,8 @@ def framing(headers: list[tuple[bytes, bytes]], version: str, is_request: bool, 
     chunked = False
     seen: set[bytes] = set()
     for name, value in headers:
+        if len(name) not in _LENGTHS:
+            continue  # most names: one length test instead of lowering each
         low = name.lower()
         # the app's answers: only their framing (a second Server or Content-Type is the app's own business)
         if low in _SINGLETONS and (is_request or low in _FRAMING):

@@ -612,14 +612,16 @@ async def _send_body(
 def _request_head(method: str, path_qs: str, headers: CIMultiDict[str], fr: Framing) -> bytes:
     """The head for the app, framed by the sidecar alone: the client's Content-Length (which `Connection`
     may even have named) is replaced by the length the body was read with."""
-    parts = [f"{method} {path_qs} HTTP/1.1\r\n"]
-    parts.extend(f"{k}: {v}\r\n" for k, v in headers.items() if len(k) != 14 or k.lower() != "content-length")
-    if fr.chunked:
-        parts.append("Transfer-Encoding: chunked\r\n")
-    elif fr.length is not None:
-        parts.append(f"Content-Length: {fr.length}\r\n")
-    parts.append("\r\n")
-    return "".join(parts).encode("utf-8", "surrogateescape")
+    headers.popall("Content-Length", None)
+    framed = (
+        "Transfer-Encoding: chunked\r\n"
+        if fr.chunked
+        else ""
+        if fr.length is None
+        else f"Content-Length: {fr.length}\r\n"
+    )
+    lines = "\r\n".join(map(": ".join, headers.items()))
+    return f"{method} {path_qs} HTTP/1.1\r\n{lines}\r\n{framed}\r\n".encode("utf-8", "surrogateescape")
 
 
 class LeanServer:
