@@ -18,21 +18,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from sidecar.devtools.issuer import DevIssuer
-from tests.conftest import Upstream, sidecar_args
-from tests.support import SidecarProcess
 from tests.test_hostile import FOLD_CASES, RAW_TARGETS, SMUGGLE_CASES, SMUGGLED
 from tests.test_hostile_decision import RAW_ONLY
 from tests.test_hostile_limits import huge_headers
-from tests.wire import Answer, exchange, received
+from tests.wire import Answer, Engine, both, engine_pair
 
-ENGINES = ("aiohttp", "lean")
 TIMEOUT = 1.5  # the sidecars' header, body and idle timeouts: a head or body that never ends is cut soon
 TOKEN = b"@TOKEN@"  # replaced by a valid token when the case runs
 
@@ -378,75 +374,15 @@ AIOHTTP_LENIENT: dict[str, str] = {
 # --- fixtures ----------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Engine:
-    name: str
-    proc: SidecarProcess
-    upstream: Upstream
-
-
 @pytest.fixture(scope="module")
 def engines(issuer: DevIssuer) -> Iterator[dict[str, Engine]]:
-    """One `sidecar run` per engine, same flags, each with its own recording app (so the two can run a case
-    at the same time without mixing what their apps saw)."""
-    started: dict[str, Engine] = {}
-    try:
-        for name in ENGINES:
-            up = Upstream()
-            args = sidecar_args(
-                issuer,
-                up,
-                "--workers",
-                "1",
-                "--proxy-engine",
-                name,
-                "--log-level",
-                "warning",
-                "--limits-header-timeout",
-                str(TIMEOUT),
-                "--limits-body-timeout",
-                str(TIMEOUT),
-                "--limits-idle-timeout",
-                str(TIMEOUT),
-            )
-            started[name] = Engine(name, SidecarProcess(args), up)
-            started[name].proc.start()
-        yield started
-    finally:
-        for e in started.values():
-            if e.proc.proc is not None:
-                e.proc.stop()
-            e.upstream.server.stop()
+    with engine_pair(issuer, TIMEOUT) as pair:
+        yield pair
 
 
 @pytest.fixture(scope="module")
 def token(issuer: DevIssuer) -> bytes:
     return issuer.mint(ttl=3600).encode()
-
-
-@dataclass
-class Outcome:
-    answer: Answer
-    reached: list[tuple[str, str, tuple[tuple[str, str], ...], bytes]]
-
-    @property
-    def paths(self) -> list[str]:
-        return [r[1] for r in self.reached]
-
-    def show(self) -> str:
-        return f"{self.answer.show()} app got {self.paths}"
-
-
-def run(engine: Engine, data: bytes) -> Outcome:
-    engine.upstream.clear()
-    answer = exchange(engine.proc.port, data, methods=["HEAD"] if data.startswith(b"HEAD ") else None)
-    return Outcome(answer, [received(r) for r in list(engine.upstream.record)])
-
-
-def both(engines: dict[str, Engine], data: bytes) -> dict[str, Outcome]:
-    with ThreadPoolExecutor(len(engines)) as pool:
-        futures = {name: pool.submit(run, e, data) for name, e in engines.items()}
-        return {name: f.result() for name, f in futures.items()}
 
 
 def reason(answer: Answer) -> list[str | None]:

@@ -10,8 +10,14 @@ import re
 import select
 import socket
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
+
+from sidecar.devtools.issuer import DevIssuer
+from tests.conftest import Upstream, sidecar_args
+from tests.support import SidecarProcess
 
 _STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([1-5][0-9]{2})(?: [\t -~\x80-\xff]*)?")
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -222,3 +228,81 @@ def received(record: dict[str, Any]) -> tuple[str, str, tuple[tuple[str, str], .
     pairs = [(n, v) for n, v in pairs if (n, v) != ("accept", "*/*")]
     pairs.sort(key=lambda p: p[0])  # stable: same-named fields keep their order
     return record["method"], record["path"], tuple(pairs), record["body"]
+
+
+# --- one `sidecar run` per engine, same flags, each with its own recording app ----------------------------
+
+ENGINES = ("aiohttp", "lean")
+
+
+@dataclass
+class Engine:
+    name: str
+    proc: SidecarProcess
+    upstream: Upstream
+
+
+@dataclass
+class Outcome:
+    answer: Answer
+    reached: list[tuple[str, str, tuple[tuple[str, str], ...], bytes]]
+
+    @property
+    def paths(self) -> list[str]:
+        return [r[1] for r in self.reached]
+
+    def show(self) -> str:
+        return f"{self.answer.show()} app got {self.paths}"
+
+
+def engine_args(issuer: DevIssuer, upstream: Any, engine: str, timeout: float, *extra: str) -> list[str]:
+    """The usual test flags, one worker, the engine named by flag (it wins over SIDECAR_PROXY_ENGINE), and
+    short header/body/idle timeouts so a head or body that never ends is cut soon."""
+    return sidecar_args(
+        issuer,
+        upstream,
+        "--workers",
+        "1",
+        "--proxy-engine",
+        engine,
+        "--log-level",
+        "warning",
+        "--limits-header-timeout",
+        str(timeout),
+        "--limits-body-timeout",
+        str(timeout),
+        "--limits-idle-timeout",
+        str(timeout),
+        *extra,
+    )
+
+
+@contextlib.contextmanager
+def engine_pair(issuer: DevIssuer, timeout: float) -> Iterator[dict[str, Engine]]:
+    """Both engines with the same flags, each in front of its own recording app, so a case can run on the
+    two at once without mixing what their apps saw."""
+    started: dict[str, Engine] = {}
+    try:
+        for name in ENGINES:
+            up = Upstream()
+            started[name] = Engine(name, SidecarProcess(engine_args(issuer, up, name, timeout)), up)
+            started[name].proc.start()
+        yield started
+    finally:
+        for e in started.values():
+            if e.proc.proc is not None:
+                e.proc.stop()
+            e.upstream.server.stop()
+
+
+def run(engine: Engine, data: bytes, quiet: float = 0.3) -> Outcome:
+    engine.upstream.clear()
+    methods = ["HEAD"] if data.startswith(b"HEAD ") else None
+    answer = exchange(engine.proc.port, data, quiet=quiet, methods=methods)
+    return Outcome(answer, [received(r) for r in list(engine.upstream.record)])
+
+
+def both(engines: dict[str, Engine], data: bytes, quiet: float = 0.3) -> dict[str, Outcome]:
+    with ThreadPoolExecutor(len(engines)) as pool:
+        futures = {name: pool.submit(run, e, data, quiet) for name, e in engines.items()}
+        return {name: f.result() for name, f in futures.items()}
