@@ -230,13 +230,12 @@ def lean_available() -> bool:
 
 class LeanTestServer(BaseTestServer):
     """The lean engine's listener for aiohttp's `TestClient(LeanTestServer(state))`, serving what
-    `proxy_app(state)` serves. `app` is that aiohttp app, never served: it owns the state's resources (the
-    upstream session, the key channel, the gauges task, through its cleanup_ctx) and holds the state in
-    `app[STATE]` as tests that reach for `client.server.app[STATE]` expect."""
+    `proxy_app(state)` serves. Once started, `app` is the lean server's aiohttp app (never served): it holds
+    the state in `app[STATE]`, as reload tests that reach for `client.server.app[STATE]` expect."""
 
     def __init__(self, state: Sidecar, *, host: str = "127.0.0.1", port: int | None = None, **kwargs: Any) -> None:
         self.state = state
-        self.app = _aiohttp_proxy_app(state)
+        self.app: web.Application | None = None
         self.lean: Any = None
         super().__init__(scheme="http", host=host, port=port, **kwargs)
 
@@ -249,10 +248,9 @@ class LeanTestServer(BaseTestServer):
         from sidecar.http.server import LeanServer  # type: ignore[import-not-found,unused-ignore]
 
         self._loop = loop
-        self.app.freeze()
-        await self.app.startup()
         limits = ConnLimits.from_config(self.state.cfg.limits)
         self.lean = await LeanServer.start(self.state, self.host, self.port or 0, limits, counting(self.state.metrics))
+        self.app = self.lean.app
         self.port = self.lean.port
         self._root = URL(f"http://{self.host}:{self.port}")
 
@@ -263,7 +261,6 @@ class LeanTestServer(BaseTestServer):
     async def close(self) -> None:
         if self.started and not self.closed:
             await self.lean.close()
-            await self.app.cleanup()
             self._root = None
             self.port = None
             self._closed = True
