@@ -4,11 +4,11 @@ own recording app, and both must answer alike: the same statuses, the same reque
 the app receiving the same method, target, headers and body (minus what legitimately differs between the
 two forwarders, see tests/wire.py `received`).
 
-The one sanctioned difference: framings that two parsers can read two ways (CL with TE, duplicate or
-malformed Content-Length, a Transfer-Encoding other than chunked, obs-fold, bare CR or LF, NUL, space
-before the colon, bad chunks) the lean engine refuses with a 400 and a close before anything reaches the
-app. Where the aiohttp engine is more lenient on one of those, the case is listed in AIOHTTP_LENIENT with
-what aiohttp does instead. Everything else must be identical.
+Framings that two parsers can read two ways (MUST_REFUSE: CL with TE, duplicate or malformed Content-Length,
+a Transfer-Encoding other than chunked, obs-fold, bare CR or LF, NUL, space before the colon, bad chunks) the
+lean engine refuses with a 400 and a close before anything reaches the app. Where the aiohttp engine answers
+a case otherwise, the difference is listed in LEAN_DIFFERS with the lean engine's exact outcome and what
+aiohttp does instead. Everything else must be identical.
 
 Whatever aiohttp does, the lean engine never answers 5xx here, never forwards a request the aiohttp engine
 refused, and never lets a smuggled second request (`/public/smuggled`) reach the app.
@@ -365,13 +365,29 @@ MUST_REFUSE = {
 }
 assert {c.id for c in CASES} >= MUST_REFUSE, MUST_REFUSE - {c.id for c in CASES}
 
-# Where the aiohttp engine answers one of the MUST_REFUSE framings otherwise: the only differences allowed.
-AIOHTTP_LENIENT: dict[str, str] = {
-    # RFC 9110 strips the trailing OWS, so this is plain `chunked` to aiohttp: one request, empty body
-    "te-chunked-trailing-space": "200; the app gets POST /public/first with an empty body",
-    # an empty Transfer-Encoding is ignored and Content-Length frames the body: the next request is served
-    "te-empty": "200, 200; the app gets /public/first and /public/smuggled",
+
+@dataclass(frozen=True)
+class Differs:
+    """A sanctioned difference: what the lean engine must answer instead, and what the app gets through it."""
+
+    statuses: list[int]
+    paths: list[str]
+    why: str  # and what the aiohttp engine does
+
+
+REFUSED = ([400], [])
+# The only differences allowed between the engines, each with the lean engine's exact outcome. An entry whose
+# lean outcome is a refusal must still differ from aiohttp's (a stale entry fails), so the list stays true.
+LEAN_DIFFERS: dict[str, Differs] = {
+    # RFC 9110 strips the trailing OWS, so aiohttp reads plain `chunked`: 200, the app gets an empty body
+    "te-chunked-trailing-space": Differs(*REFUSED, "aiohttp: 200, reads plain chunked"),
+    # aiohttp ignores an empty Transfer-Encoding and frames by Content-Length: the next request is served
+    "te-empty": Differs(*REFUSED, "aiohttp: 200, 200; the app gets /public/first and /public/smuggled"),
 }
+
+# Cases the lean engine is known to fail (the integrator's list, from the last run against it); strict, so a
+# fixed case fails until it is taken off this list.
+KNOWN_LEAN_FAILURES: dict[str, str] = {}
 
 
 # --- fixtures ----------------------------------------------------------------------------------------------
@@ -402,7 +418,16 @@ def reason(answer: Answer) -> list[str | None]:
 # --- the test ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES])
+def params() -> list[Any]:
+    out = []
+    for c in CASES:
+        known = KNOWN_LEAN_FAILURES.get(c.id)
+        marks = [pytest.mark.xfail(strict=True, reason=known)] if known else []
+        out.append(pytest.param(c, id=c.id, marks=marks))
+    return out
+
+
+@pytest.mark.parametrize("case", params())
 def test_both_engines_answer_alike_and_the_lean_one_refuses_ambiguous_framing(
     case: Case, engines: dict[str, Engine], token: bytes
 ) -> None:
@@ -415,21 +440,22 @@ def test_both_engines_answer_alike_and_the_lean_one_refuses_ambiguous_framing(
     assert lean.answer.well_formed(), "lean answer is not well-formed HTTP" + detail
     assert all(s < 500 for s in lean.answer.statuses), "lean answered 5xx" + detail
     assert "/public/smuggled" not in lean.paths, "a smuggled request reached the app through lean" + detail
-    if not old.reached:
-        assert not lean.reached, "lean forwarded a request the aiohttp engine refused" + detail
-    assert len(lean.reached) <= len(old.reached), "lean forwarded more requests than aiohttp" + detail
+    forwarded = {(r[0], r[1]) for r in old.reached}
+    assert {(r[0], r[1]) for r in lean.reached} <= forwarded, "lean forwarded what aiohttp refused" + detail
 
     if case.id in MUST_REFUSE:
         assert lean.answer.statuses == [400], "lean must refuse ambiguous framing with one 400" + detail
         assert lean.reached == [], "ambiguous framing reached the app through lean" + detail
         assert lean.answer.closed, "lean must close the connection after refusing a framing" + detail
-        same = (old.answer.statuses, old.reached) == (lean.answer.statuses, lean.reached)
-        if case.id in AIOHTTP_LENIENT:
-            assert not same, f"stale AIOHTTP_LENIENT entry: aiohttp refuses {case.id} too now" + detail
-        else:
-            assert same, "aiohttp differs on a framing lean refuses: add it to AIOHTTP_LENIENT, saying how" + detail
+    differs = LEAN_DIFFERS.get(case.id)
+    if differs is not None:
+        assert (lean.answer.statuses, lean.paths) == (differs.statuses, differs.paths), differs.why + detail
+        if (differs.statuses, differs.paths) == REFUSED:
+            assert (old.answer.statuses, old.paths) != REFUSED, f"stale LEAN_DIFFERS entry {case.id}" + detail
         return
 
     assert lean.answer.statuses == old.answer.statuses, "statuses differ" + detail
     assert lean.reached == old.reached, "the app received different requests" + detail
-    assert reason(lean.answer) == reason(old.answer), "refusal reasons differ" + detail
+    # the sidecar's own refusals say why in JSON; aiohttp's parser says it in text, which lean need not copy
+    for mine, theirs in zip(reason(lean.answer), reason(old.answer), strict=True):
+        assert theirs is None or mine == theirs, "refusal reasons differ" + detail

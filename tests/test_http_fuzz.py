@@ -315,9 +315,6 @@ AMBIGUOUS_RESPONSES = [
     ),
     pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc", id="two-content-lengths"),
     pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nab", id="content-length-plus"),
-    pytest.param(
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n", id="chunk-size-not-hex"
-    ),
 ]
 
 
@@ -329,4 +326,36 @@ def test_ambiguous_response_framing_is_a_502_and_the_sidecar_stays_healthy(
     raw_app.script.response, raw_app.script.close = response, close
     answer = fetch_mutated(fronted)
     assert answer.statuses == [502], answer.show()
+    check_healthy(fronted, raw_app)
+
+
+# Bodies that break off or go bad after the head: a streaming sidecar may have sent the head already, so the
+# client gets a 502, or the app's head and then a close before the body could be complete (never a complete
+# answer made of what the app did not send); either way the broken connection to the app is not reused.
+BROKEN_BODIES = [
+    pytest.param(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n", id="chunk-size-not-hex"
+    ),
+    pytest.param(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabXY\r\n0\r\n\r\n", id="chunk-longer-than-size"
+    ),
+    pytest.param(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n", id="no-last-chunk"),
+    pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", id="body-shorter-than-length"),
+    pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nabcdef", id="body-longer-than-length"),
+    pytest.param(b"HTTP/1.1 200 OK\r\nContent-Le", id="head-cut"),
+    pytest.param(b"", id="nothing"),
+]
+
+
+@pytest.mark.parametrize("response", BROKEN_BODIES)
+@pytest.mark.parametrize("close", [False, True], ids=["keep-open", "close"])
+def test_a_broken_response_body_is_a_502_or_a_cut_and_the_sidecar_stays_healthy(
+    response: bytes, close: bool, fronted: SidecarProcess, raw_app: RawApp
+) -> None:
+    raw_app.script.response, raw_app.script.close = response, close
+    answer = fetch_mutated(fronted)
+    check_answer(answer, raw_app.script)
+    if answer.responses and answer.statuses != [502]:
+        # complete, so it must be exactly what the app framed (the excess of a too-long body dropped)
+        assert answer.responses[0].body == b"ab", answer.show()
     check_healthy(fronted, raw_app)

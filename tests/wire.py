@@ -118,6 +118,7 @@ def split(data: bytes, closed: bool, methods: list[str] | None = None) -> Answer
     pos = 0
     methods = list(methods or [])
     while pos < len(data):
+        start = pos  # an unfinished response goes to `rest` whole, from its status line
         end = data.find(b"\r\n\r\n", pos)
         if end < 0:
             out.rest = data[pos:]
@@ -155,7 +156,7 @@ def split(data: bytes, closed: bool, methods: list[str] | None = None) -> Answer
                 return out
             body, pos2, problem = _dechunk(data, pos)
             if problem == "short":
-                out.rest = data[pos:]
+                out.rest = data[start:]
                 if closed:
                     out.malformed = "chunked body cut short by the close"
                 return out
@@ -171,7 +172,7 @@ def split(data: bytes, closed: bool, methods: list[str] | None = None) -> Answer
                 return out
             n = int(next(iter(lengths)))
             if len(data) - pos < n:
-                out.rest = data[pos:]
+                out.rest = data[start:]
                 if closed:
                     out.malformed = "body shorter than its Content-Length at the close"
                 return out
@@ -179,7 +180,7 @@ def split(data: bytes, closed: bool, methods: list[str] | None = None) -> Answer
             pos += n
             continue
         if not closed:
-            out.rest = data[pos:]  # read to the close, which has not come
+            out.rest = data[start:]  # read to the close, which has not come
             return out
         out.responses.append(Response(status, headers, data[pos:]))
         pos = len(data)
