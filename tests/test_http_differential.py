@@ -199,6 +199,24 @@ DESYNC = [
     Case("pipelined-after-connection-close", _get(b"/public/first", b"Connection: close") + S),
     Case("pipelined-after-http-1.0", b"GET /public/first HTTP/1.0\r\n\r\n" + S),
     Case("pipelined-after-unfinished-body", _post(b"Content-Length: 10\r\n", b"hello") + S),
+    # a field the app's parser allows once (aiohttp's singletons), sent twice: whoever refuses, the client
+    # gets a 400, not a 502 (the app answers before it closes)
+    Case("duplicate-user-agent", _get(b"/public/x", b"User-Agent: a", b"User-Agent: b", b"Connection: close")),
+    Case(
+        "duplicate-user-agent-chunked-body",
+        _post(b"User-Agent: a\r\nUser-Agent: b\r\nTransfer-Encoding: chunked\r\n" + CLOSE, b"1\r\nx\r\n0\r\n\r\n"),
+    ),
+    Case(
+        "duplicate-content-type-cl-body",
+        _post(b"Content-Type: text/plain\r\nContent-Type: text/html\r\nContent-Length: 5\r\n" + CLOSE, b"hello"),
+    ),
+    Case(  # found by tests/test_http_fuzz.py: lean answered 502 "the app closed the connection" once in four runs
+        "duplicate-user-agent-pipelined-chunked",
+        b"PUT /public/fz-0 HTTP/1.1\r\nHost: x\r\nUser-Agent: fz\r\nX-B: b c\r\nUser-Agent: fz\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n1\r\n\xec\r\n1\r\nw\r\n0\r\n\r\n"
+        b"DELETE /public/fz-1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        b"GET /public/fz-2 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n",
+    ),
     # targets and protocol versions
     Case("absolute-form-other-host", _get(b"http://other.example/public/x", b"Connection: close")),
     Case("absolute-form-public", b"GET http://x/public/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),

@@ -2,10 +2,11 @@
 
 (a) Requests: valid heads and bodies, then mutated (bytes flipped, CR/LF/SP/HT/NUL/colon inserted, header
     lines duplicated, Content-Length and Transfer-Encoding added in any combination, chunked bodies of random
-    sizes), sent over a raw socket to a lean and an aiohttp sidecar at once. The lean answer is well-formed
-    HTTP (or a close), never a 5xx; each request the app parsed was answered once to this client (an extra
-    one would be a desync between what the sidecar framed and what the app read); nothing after a refusal
-    reaches the app; and without a refusal the app gets no more requests through lean than through aiohttp.
+    sizes), sent over a raw socket to a lean sidecar (and an aiohttp one beside it, whose answer the failure
+    message shows). The lean answer is well-formed HTTP (or a close), never a 5xx; each request the app
+    parsed was answered once to this client (an extra one would be a desync between what the sidecar framed
+    and what the app read); and the app never gets more requests than the bytes hold read strictly
+    (tests/wire.py `legit_requests`).
 (b) Responses: a raw-socket app of our own answers with mutated heads and bodies (CL with TE, duplicate CL,
     bad chunks, early close). The client gets a well-formed answer (the app's, or 502/504), and the sidecar
     stays healthy: the next request on a fresh connection gets its own answer, not a leftover of the last.
@@ -26,14 +27,13 @@ from hypothesis import strategies as st
 from sidecar.devtools.issuer import DevIssuer
 from tests.conftest import lean_available
 from tests.support import SidecarProcess
-from tests.wire import Answer, Engine, Outcome, both, engine_args, engine_pair, exchange
+from tests.wire import Answer, Engine, Outcome, both, engine_args, engine_pair, exchange, legit_requests
 
 # Before sidecar/http/ exists `--proxy-engine lean` still runs aiohttp: nothing to compare or to fuzz.
 pytestmark = pytest.mark.skipif(not lean_available(), reason="the lean proxy engine (sidecar/http/) is not there")
 TIMEOUT = 0.8  # header, body and idle timeouts of the sidecars under test
-REFUSALS = {400, 413, 414, 431}  # the sidecar's refusals of a request it could not or would not read
 FUZZ = settings(
-    max_examples=60,
+    max_examples=120,  # about 10 s each against two local processes; CI's whole budget for both is 60 s
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
     print_blob=True,
@@ -142,8 +142,10 @@ def check_request_outcome(data: bytes, lean: Outcome, old: Outcome) -> None:
     # order and closes after its last answer, while a connection still open may have one on its way.
     if answer.closed:
         assert len(lean.reached) <= finals.count(200), "the app got a request lean never answered" + detail
-    if not REFUSALS & set(finals):
-        assert len(lean.reached) <= len(old.reached), "lean forwarded more requests than aiohttp" + detail
+    # and never more than the bytes hold when read strictly (aiohttp is no oracle for this: it drops a
+    # request pipelined after a chunked body, for one)
+    legit = legit_requests(data)
+    assert len(lean.reached) <= legit, f"lean forwarded more than the {legit} request(s) the bytes hold" + detail
 
 
 @FUZZ

@@ -307,3 +307,86 @@ def both(engines: dict[str, Engine], data: bytes, quiet: float = 0.3) -> dict[st
     with ThreadPoolExecutor(len(engines)) as pool:
         futures = {name: pool.submit(run, e, data, quiet) for name, e in engines.items()}
         return {name: f.result() for name, f in futures.items()}
+
+
+# --- how many requests the bytes hold, read strictly (RFC 9112), as an upper bound for what may be forwarded --
+
+_REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) (/[!-~]*) HTTP/1\.([01])")
+_FIELD = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:[!-~\x80-\xff](?:[ \t]*[!-~\x80-\xff])*)?)[ \t]*")
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,15})(?:[ \t]*;[ \t]*[!-~][ \t!-~]*)?")
+
+
+def legit_requests(data: bytes) -> int:
+    """How many complete requests `data` holds when read the strict way: origin-form targets, CRLF only, no
+    obs-fold, one Host in HTTP/1.1, a single decimal Content-Length or a lone `chunked` (never both, never in
+    HTTP/1.0), well-formed chunks; reading stops at the first thing that is not, and after a request that
+    ends the connection. No proxy may forward more requests than this from the same bytes."""
+    count, pos = 0, 0
+    while True:
+        # CR and LF before a request line are skipped (RFC 9112 2.2 says empty lines; llhttp skips either
+        # byte alone too): no byte of a request is read differently for it
+        while data[pos : pos + 1] in (b"\r", b"\n"):
+            pos += 1
+        end = data.find(b"\r\n\r\n", pos)
+        if end < 0:
+            return count
+        lines = data[pos:end].split(b"\r\n")
+        if any(b"\r" in line or b"\n" in line for line in lines):
+            return count
+        first = _REQUEST_LINE.fullmatch(lines[0])
+        if first is None:
+            return count
+        fields: list[tuple[bytes, bytes]] = []
+        for line in lines[1:]:
+            m = _FIELD.fullmatch(line)
+            if m is None:
+                return count
+            fields.append((m.group(1).lower(), m.group(2)))
+        version = first.group(3)
+        lengths = [v for n, v in fields if n == b"content-length"]
+        codings = [v for n, v in fields if n == b"transfer-encoding"]
+        hosts = sum(1 for n, _ in fields if n == b"host")
+        if hosts > 1 or (version == b"1" and hosts != 1):
+            return count
+        pos = end + 4
+        if codings:
+            if lengths or version == b"0" or len(codings) != 1 or codings[0].lower() != b"chunked":
+                return count
+            after = _chunked_end(data, pos)
+            if after is None:
+                return count
+            pos = after
+        elif lengths:
+            if len(lengths) != 1 or not lengths[0].isdigit() or len(data) - pos < int(lengths[0]):
+                return count
+            pos += int(lengths[0])
+        count += 1
+        tokens = {t.strip().lower() for n, v in fields if n == b"connection" for t in v.split(b",")}
+        if b"close" in tokens or (version == b"0" and b"keep-alive" not in tokens):
+            return count
+
+
+def _chunked_end(data: bytes, pos: int) -> int | None:
+    while True:
+        eol = data.find(b"\r\n", pos)
+        if eol < 0:
+            return None
+        m = _CHUNK_LINE.fullmatch(data[pos:eol])
+        if m is None:
+            return None
+        size = int(m.group(1), 16)
+        pos = eol + 2
+        if size == 0:
+            break
+        if data[pos + size : pos + size + 2] != b"\r\n":
+            return None
+        pos += size + 2
+    while True:  # trailer fields, then the empty line
+        eol = data.find(b"\r\n", pos)
+        if eol < 0:
+            return None
+        if eol == pos:
+            return pos + 2
+        if _FIELD.fullmatch(data[pos:eol]) is None:
+            return None
+        pos = eol + 2
