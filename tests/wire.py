@@ -24,6 +24,10 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _FIELD_VALUE = re.compile(rb"[\t -~\x80-\xff]*")
 
 
+CUT_CHUNKED = "chunked body cut short by the close"
+CUT_LENGTH = "body shorter than its Content-Length at the close"
+
+
 @dataclass
 class Response:
     status: int
@@ -158,7 +162,7 @@ def split(data: bytes, closed: bool, methods: list[str] | None = None) -> Answer
             if problem == "short":
                 out.rest = data[start:]
                 if closed:
-                    out.malformed = "chunked body cut short by the close"
+                    out.malformed = CUT_CHUNKED
                 return out
             if problem:
                 out.malformed = problem
@@ -174,7 +178,7 @@ def split(data: bytes, closed: bool, methods: list[str] | None = None) -> Answer
             if len(data) - pos < n:
                 out.rest = data[start:]
                 if closed:
-                    out.malformed = "body shorter than its Content-Length at the close"
+                    out.malformed = CUT_LENGTH
                 return out
             out.responses.append(Response(status, headers, data[pos : pos + n]))
             pos += n
