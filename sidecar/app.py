@@ -15,8 +15,9 @@ import logging
 import os
 import signal
 import warnings
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -24,15 +25,16 @@ from multidict import CIMultiDict
 
 from sidecar import errors
 from sidecar.admin import admin_app
-from sidecar.authorize import authorize, preflight
+from sidecar.authorize import preflight
 from sidecar.clock import Clock, OffsetClock, clock_from_environment
 from sidecar.config import Config
 from sidecar.connlimits import ConnLimits
 from sidecar.cors import CorsPolicy
 from sidecar.decision import decision_app
-from sidecar.formbody import FormScan, check_encoding, content_type, form_kind
+from sidecar.gate import admit, is_websocket
 from sidecar.guard import GuardedRunner, counting
 from sidecar.headers import GRACE_SUFFIX, REPORT_SUFFIX, HeaderPolicy
+from sidecar.http.server import LeanServer
 from sidecar.keys.channel import LocalChannel, SocketChannel, line_limit
 from sidecar.keys.hub import KeyHub, same_key_source
 from sidecar.keys.process import run_keys_process, socket_path
@@ -42,15 +44,16 @@ from sidecar.metrics import Metrics
 from sidecar.override import MethodOverride
 from sidecar.proxy import forward, upstream_session
 from sidecar.reload import ConfigSource, Loaded, Reloader, config_hash, current
-from sidecar.responses import reject, report, setup_logging
-from sidecar.rules import RuleSet, encode, normalise
+from sidecar.responses import reject, setup_logging
+from sidecar.rules import RuleSet
 from sidecar.scrub import TokenForms
-from sidecar.token_cache import TokenCache, VerifiedToken
+from sidecar.token_cache import TokenCache
 from sidecar.verify import Verifier
-from sidecar.websocket import is_websocket, proxy_websocket
+from sidecar.websocket import proxy_websocket
 from sidecar.workers import run_workers
 
 log = logging.getLogger("sidecar")
+T = TypeVar("T")
 
 
 @dataclass
@@ -200,6 +203,7 @@ async def apply_config(apps: list[web.Application], cfg: Config, loaded: Loaded)
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
+    """The aiohttp engine's proxy handler (the lean engine's is sidecar/http/server.py); both decide in gate.py."""
     s = request.app[STATE]
     m = s.metrics
     cfg = s.cfg
@@ -209,46 +213,24 @@ async def handle(request: web.Request) -> web.StreamResponse:
     try:
         if s.cors.enabled and s.cors.is_preflight(request.method, request.headers):
             return web.Response(status=204, headers=CIMultiDict(preflight(s, request.headers)))
-        raw = request.raw_path
-        path, _, query = raw.partition("?")
-        if not path.startswith("/"):
-            raise errors.BadRequest("the request target must be an absolute path")
-        canonical = normalise(path)
-        also = s.overrides.methods(request.headers, query)
-        allowed = await authorize(s, request.method, canonical, request.headers, request.query, also)
-        headers = s.headers.forwardable(request.headers)
-        if allowed.reported is None:
-            # the verified token, in the form it was read, is the only token form the app may see
-            query = s.forms.scrub(headers, query, None if allowed.route.strip_authorization else allowed.token_form)
-            for name, value in allowed.identity:
-                headers[name] = value
-            if cfg.route_metrics:
-                m.route_requests.labels(allowed.route.name, "allowed").inc()
-        else:
-            # report mode: the app gets what it got before the sidecar (its tokens as sent, unless the route
-            # strips them) plus the verdict, and no identity from a token that failed
-            report(s, request, allowed.reported)
-            if allowed.route.strip_authorization:
-                query = s.forms.scrub(headers, query, None)
-            headers[s.report_header] = allowed.reported.reason
-        _forwarded(request, headers)
-        path_qs = (encode(canonical) if canonical is not None else path) + ("?" + query if query else "")
+        a = await admit(
+            s,
+            request,
+            request.raw_path,
+            request.headers,
+            request.query,
+            request.remote,
+            request.scheme,
+            request.host,
+            request.body_exists,
+        )
         assert s.upstream is not None
-        if is_websocket(request):
-            expires_at = _expiry(s, allowed.verified) if cfg.websocket_close_on_expiry else None
-            return await proxy_websocket(request, s.upstream, cfg.upstream + path_qs, headers, expires_at, s.clock, m)
-        scan = None
-        if request.body_exists and form_kind(ctype := content_type(request.headers)):
-
-            async def judge(more: frozenset[str]) -> None:
-                late = await authorize(s, request.method, canonical, request.headers, request.query, also | more)
-                if late.reported is not None and allowed.reported is None:
-                    report(s, request, late.reported)  # the head has gone: counted and logged, no header
-
-            check_encoding(request.headers)
-            scan = FormScan(ctype, s.forms.params, s.overrides, judge)
+        if is_websocket(request.method, request.headers):
+            return await proxy_websocket(
+                request, s.upstream, cfg.upstream + a.path_qs, a.headers, a.expires_at, s.clock, m
+            )
         return await forward(
-            request, s.upstream, cfg.upstream, path_qs, headers, cors_extra, cfg.limits.max_body_bytes, m, scan
+            request, s.upstream, cfg.upstream, a.path_qs, a.headers, cors_extra, cfg.limits.max_body_bytes, m, a.scan
         )
     except errors.Rejection as r:
         if cfg.route_metrics and r.route:
@@ -256,23 +238,6 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return reject(s, request, r, cors_extra)
     finally:
         m.in_flight.dec()
-
-
-def _expiry(s: Sidecar, verified: VerifiedToken | None) -> float | None:
-    """Wall time at which a WebSocket opened with this token must close: when the token stops being accepted."""
-    if verified is None or verified.exp is None:
-        return None
-    return verified.exp + s.cfg.leeway + s.cfg.expired_grace
-
-
-def _forwarded(request: web.Request, headers: CIMultiDict[str]) -> None:
-    peer = request.remote or "unknown"
-    prior = request.headers.getall("X-Forwarded-For", ())
-    headers["X-Forwarded-For"] = ", ".join((*prior, peer))
-    # An ingress or load balancer in front already set these for the original client: keep theirs.
-    headers.setdefault("X-Forwarded-Proto", request.scheme)
-    headers.setdefault("X-Forwarded-Host", request.host)
-    headers["Host"] = request.host
 
 
 # --- app and lifecycle ----------------------------------------------------------------------------------
@@ -348,23 +313,30 @@ async def run_until_signal(
         admin_app(state, STATE), limits.for_admin(), closed, access_log=None, handle_signals=False
     )
     await admin_runner.setup()
-    proxy_runner = GuardedRunner(
-        proxy_app(state),
-        limits,
-        closed,
-        access_log=None,
-        handle_signals=False,
-        shutdown_timeout=cfg.limits.drain_timeout,
-        # The guard refuses longer lines (414/431) before the parser sees them; these bound chunked trailers.
-        max_field_size=cfg.limits.max_header_bytes,
-        max_line_size=cfg.limits.max_header_bytes,
-        max_headers=cfg.limits.max_headers,
-    )
-    await proxy_runner.setup()
-    await _pods_first_keys(state)
+    lean: LeanServer | None = None
+    proxy_runner: GuardedRunner | None = None
+    if cfg.proxy_engine == "aiohttp":
+        proxy_runner = GuardedRunner(
+            proxy_app(state),
+            limits,
+            closed,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=cfg.limits.drain_timeout,
+            # The guard refuses longer lines (414/431) before the parser sees them; these bound chunked trailers.
+            max_field_size=cfg.limits.max_header_bytes,
+            max_line_size=cfg.limits.max_header_bytes,
+            max_headers=cfg.limits.max_headers,
+        )
+        await proxy_runner.setup()
     admin_host, admin_port = _split(cfg.admin_listen)
     host, port = _split(cfg.listen)
-    await web.TCPSite(proxy_runner, host, port, reuse_address=True, reuse_port=reuse_port, backlog=1024).start()
+    if proxy_runner is not None:
+        await web.TCPSite(proxy_runner, host, port, reuse_address=True, reuse_port=reuse_port, backlog=1024).start()
+        proxy = proxy_runner.app
+    else:
+        lean = await LeanServer.start(state, host, port, limits, closed, reuse_port=reuse_port)
+        proxy = lean.app
     decision_runner = None
     if cfg.decision is not None:
         decision_runner = GuardedRunner(
@@ -383,7 +355,7 @@ async def run_until_signal(
         await web.TCPSite(decision_runner, d_host, d_port, reuse_address=True, reuse_port=reuse_port).start()
     # The admin listener opens last: a /readyz that answers means this worker's other listeners accept.
     await web.TCPSite(admin_runner, admin_host, admin_port, reuse_address=True, reuse_port=reuse_port).start()
-    apps = [r.app for r in (proxy_runner, admin_runner, decision_runner) if r is not None]
+    apps = [proxy, *(r.app for r in (admin_runner, decision_runner) if r is not None)]
     watching: asyncio.Task[None] | None = None
     if source is not None and cfg.reload:
         reloader = Reloader(source, cfg, functools.partial(apply_config, apps), state.metrics, counts_reloads)
@@ -406,36 +378,42 @@ async def run_until_signal(
     if watching is not None:
         watching.cancel()
         await asyncio.gather(watching, return_exceptions=True)
-    state = proxy_runner.app[STATE]
+    state = proxy[STATE]
     state.draining = True
     log.info("draining", extra={"timeout": cfg.limits.drain_timeout})
-    await proxy_runner.cleanup()
+    if lean is not None:
+        await lean.close(cfg.limits.drain_timeout)
+    else:
+        assert proxy_runner is not None
+        await proxy_runner.cleanup()
     if decision_runner is not None:
         await decision_runner.cleanup()
     await admin_runner.cleanup()
     log.info("stopped")
 
 
-def use_uvloop() -> None:
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """Run `main` on uvloop where there is one (`uvloop.install()` is deprecated: a loop factory instead)."""
     try:
         import uvloop
-
-        uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency; Windows has none
-        pass
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 def _serve_one(
     cfg: Config, shared: str | None, started: Callable[[], None] = lambda: None, source: ConfigSource | None = None
 ) -> int:
-    use_uvloop()
-    state = build_state(cfg, shared=shared)
     alone = shared is None
-    asyncio.run(
-        run_until_signal(
+
+    async def main() -> None:
+        state = build_state(cfg, shared=shared)
+        await run_until_signal(
             state, reuse_port=not alone, started=started, announce=alone, source=source, counts_reloads=alone
         )
-    )
+
+    run(main())
     return 0
 
 

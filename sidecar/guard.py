@@ -34,14 +34,14 @@ log = logging.getLogger("sidecar.conn")
 _LINGER_SECONDS = 1.0
 
 # A refused head is a rejected request: its reason (errors.py), by the status it gets.
-_REJECTED = {400: BadRequest.reason, 414: RequestLineTooLong.reason, 431: HeadersTooLarge.reason}
+REJECTED = {400: BadRequest.reason, 414: RequestLineTooLong.reason, 431: HeadersTooLarge.reason}
 
 _CRLF2 = b"\r\n\r\n"
 
 OnClose = Callable[[str, int | None], None]  # (reason, status answered or None)
 
 
-def _answer(status: int, reason: str, description: str) -> bytes:
+def answer(status: int, reason: str, description: str) -> bytes:
     body = json.dumps({"status": status, "reason": reason, "description": description}).encode()
     head = (
         f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
@@ -209,7 +209,7 @@ class GuardedHandler(RequestHandler):
         if self._request_in_progress or self._messages:
             self.close()  # an earlier pipelined request is being answered: finish it, then close
         else:
-            self._write_and_close(_answer(r.status, _REJECTED[r.status], r.description))
+            self._write_and_close(answer(r.status, REJECTED[r.status], r.description))
 
     def _write_and_close(self, answer: bytes) -> None:
         """Answer, half-close, and drain what the client still sends for a moment before closing: closing
@@ -258,7 +258,7 @@ class GuardedHandler(RequestHandler):
         self._on_close(reason, None)
         log.debug("connection timed out", extra={"reason": reason})
         if reason == HEADER_TIMEOUT and not self._request_in_progress and not self._messages:
-            self._write_and_close(_answer(408, reason, "the request head did not arrive in time"))
+            self._write_and_close(answer(408, reason, "the request head did not arrive in time"))
         else:
             self.force_close()  # a handler reading the body sees the connection reset
 
@@ -297,6 +297,6 @@ def counting(m: Metrics) -> OnClose:
     def on_close(reason: str, status: int | None) -> None:
         m.connections_closed.labels(reason).inc()
         if status is not None:
-            m.requests_rejected.labels(_REJECTED[status]).inc()
+            m.requests_rejected.labels(REJECTED[status]).inc()
 
     return on_close

@@ -12,11 +12,13 @@ from typing import TYPE_CHECKING
 import jwt
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from multidict import CIMultiDict
 
 from sidecar.errors import CorsRejected, Rejection
 
 if TYPE_CHECKING:
     from sidecar.app import Sidecar
+    from sidecar.gate import Seen
 
 log = logging.getLogger("sidecar.auth")
 RETRY_AFTER_SECONDS = 5
@@ -38,20 +40,27 @@ def www_authenticate(realm: str, r: Rejection) -> str:
     return value
 
 
+def rejection_parts(
+    r: Rejection, realm: str, extra: Iterable[tuple[str, str]] = (), status: int | None = None
+) -> tuple[int, list[tuple[str, str]], bytes]:
+    """Status, headers and JSON body of the sidecar's answer to `r`, for either engine. `status` overrides the
+    reason's own where the caller must speak a gateway's narrower language."""
+    status = status or r.status
+    body = json.dumps({"status": status, "reason": r.reason, "description": r.description}).encode()
+    headers = [("Content-Type", "application/json; charset=utf-8")]
+    if r.family == "auth" and (r.status in (400, 401) or r.error is not None):
+        headers.append(("WWW-Authenticate", www_authenticate(realm, r)))
+    if r.status == 503:
+        headers.append(("Retry-After", str(RETRY_AFTER_SECONDS)))
+    headers.extend(extra)
+    return status, headers, body
+
+
 def rejection(
     r: Rejection, realm: str, extra: Iterable[tuple[str, str]] = (), status: int | None = None
 ) -> web.Response:
-    """`status` overrides the reason's own where the caller must speak a gateway's narrower language."""
-    status = status or r.status
-    body = json.dumps({"status": status, "reason": r.reason, "description": r.description})
-    resp = web.Response(status=status, text=body, content_type="application/json")
-    if r.family == "auth" and (r.status in (400, 401) or r.error is not None):
-        resp.headers["WWW-Authenticate"] = www_authenticate(realm, r)
-    if r.status == 503:
-        resp.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
-    for name, value in extra:
-        resp.headers.add(name, value)
-    return resp
+    status, headers, body = rejection_parts(r, realm, extra, status)
+    return web.Response(status=status, body=body, headers=CIMultiDict(headers))
 
 
 def token_context(token: str | None, known: dict[str, object] | None = None) -> dict[str, object]:
@@ -77,12 +86,19 @@ def token_context(token: str | None, known: dict[str, object] | None = None) -> 
 
 def reject(
     s: Sidecar,
-    request: web.Request,
+    request: Seen,
     r: Rejection,
     cors_extra: tuple[tuple[str, str], ...],
     status: int | None = None,
 ) -> web.Response:
     """The sidecar's own answer to a rejected request: counted, logged (never the token), CORS-decorated."""
+    return rejection(r, s.cfg.realm, refused(s, request, r, cors_extra, status), status)
+
+
+def refused(
+    s: Sidecar, request: Seen, r: Rejection, cors_extra: tuple[tuple[str, str], ...], status: int | None = None
+) -> tuple[tuple[str, str], ...]:
+    """Count and log a refusal; the CORS headers its answer carries."""
     m = s.metrics
     if r.family == "auth":
         m.auth_failures.labels(r.reason).inc()
@@ -92,10 +108,10 @@ def reject(
     extra = () if isinstance(r, CorsRejected) else cors_extra
     if log.isEnabledFor(logging.INFO):
         _log_line(request, r, status or r.status, {})
-    return rejection(r, s.cfg.realm, extra, status)
+    return extra
 
 
-def report(s: Sidecar, request: web.Request, r: Rejection) -> None:
+def report(s: Sidecar, request: Seen, r: Rejection) -> None:
     """A refusal escaped in report mode: counted apart from enforced ones, logged on the same line with
     `reported: true` and the status it would have had. The request itself goes on (app.py, decision.py)."""
     s.metrics.auth_reported.labels(r.reason).inc()
@@ -108,7 +124,7 @@ def report(s: Sidecar, request: web.Request, r: Rejection) -> None:
 REPORTED_PREFIX = "reported:"  # sidecar_route_requests_total's outcome for a reported refusal
 
 
-def _log_line(request: web.Request, r: Rejection, status: int, more: dict[str, object]) -> None:
+def _log_line(request: Seen, r: Rejection, status: int, more: dict[str, object]) -> None:
     log.info(
         "rejected",
         extra={

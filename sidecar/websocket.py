@@ -27,14 +27,6 @@ POLICY_VIOLATION = 1008
 _WATCHDOG = 1.0
 
 
-def is_websocket(request: web.Request) -> bool:
-    return (
-        request.method == "GET"
-        and request.headers.get("Upgrade", "").lower() == "websocket"
-        and "upgrade" in request.headers.get("Connection", "").lower()
-    )
-
-
 class _Expired(Exception):
     pass
 

@@ -12,7 +12,7 @@ import socket
 
 from aiohttp import web
 
-from sidecar.app import build_state, run_until_signal, use_uvloop
+from sidecar.app import build_state, run, run_until_signal
 from sidecar.config import load
 from sidecar.devtools.echo import echo_app
 from sidecar.devtools.issuer import DevIssuer
@@ -121,7 +121,6 @@ async def _demo(port: int) -> None:
 
 def run_demo(port: int = 0) -> int:
     setup_logging("warning")
-    use_uvloop()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_demo(port))
+        run(_demo(port))
     return 0

@@ -1,0 +1,347 @@
+"""The app's side: pooled keep-alive connections, one request at a time each, responses relayed as they arrive.
+
+A response head is rewritten minimally (hop-by-hop and `Connection`-named headers out, CORS headers in, the
+client's framing chosen) and its body passed on without decoding; chunked bodies are re-chunked, so the app's
+chunk framing never reaches the client. A connection goes back to the pool only after a complete response
+to a request whose body was sent whole; anything else (an unread or partial body, a framing the sidecar
+refused, bytes after the response) closes it. Flow control runs both ways: a client that reads slowly pauses
+reading from the app, and an app that reads slowly pauses the client's body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from dataclasses import dataclass
+from typing import Final, cast
+from urllib.parse import urlsplit
+
+import httptools
+
+from sidecar import errors
+from sidecar.headers import HOP_BY_HOP
+from sidecar.http.framing import FramingError, framing
+from sidecar.metrics import Metrics
+
+_HOP: Final = frozenset(h.encode() for h in HOP_BY_HOP)
+_NO_BODY_STATUS: Final = (204, 304)
+_IDLE_SECONDS: Final = 30.0  # a pooled connection unused this long is closed rather than reused
+_MAX_IDLE: Final = 256  # pooled connections kept per worker
+
+
+@dataclass(slots=True)
+class Reply:
+    """One response on its way to a client."""
+
+    client: asyncio.Transport
+    method: str
+    http10: bool
+    keep_alive: bool  # the client's connection stays open afterwards (the relay may turn this off)
+    extra: tuple[tuple[str, str], ...]  # CORS headers for every answer
+    websocket: bool = False  # a 101 is expected: the relay stops at the head and hands both sides to a tunnel
+    head_sent: bool = False
+    head_at: float = 0.0  # loop time the app's head arrived
+    status: int = 0
+
+
+class Cut(Exception):
+    """The response broke off after its head reached the client: the client's connection must close."""
+
+
+class UpstreamConn(asyncio.Protocol):
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.reply: Reply | None = None
+        self.finished: asyncio.Future[None] | None = None
+        self.received = False  # a byte of the current response arrived (a retry is no longer safe)
+        self.reused = False
+        self.upgraded: bytes | None = None  # after a 101: the bytes that followed its head
+        self.tunnel: object | None = None  # set by tunnel.Tunnel
+        self.idle_since = 0.0
+        self._parser = httptools.HttpResponseParser(self)
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._reason = b""
+        self._out: list[bytes] = []
+        self._chunk = False  # the body goes to the client re-chunked
+        self._eof_ends = False  # the body ends when the app closes the connection
+        self._complete = False
+        self._info = False  # the current message is a 1xx
+        self._keep = False  # the app keeps this connection open after the current response
+        self._last = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._drain: asyncio.Future[None] | None = None
+        self._paused = False
+
+    # --- asyncio -----------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.transport = None
+        self.pool.forget(self)
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_exception(errors.UpstreamUnavailable("the app closed the connection"))
+        if self.tunnel is not None:
+            self.tunnel.lost(self)  # type: ignore[attr-defined]
+            return
+        if self.reply is None or self._complete:
+            return
+        if self._eof_ends and self.reply.head_sent:
+            self._complete = True  # a body delimited by the close (RFC 9112 §6.3, last rule)
+            if self._chunk:
+                self._out.append(b"0\r\n\r\n")
+            self._flush()
+            self._end(None)
+        else:
+            self._end(Cut() if self.reply.head_sent else errors.UpstreamUnavailable("the app closed the connection"))
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+        self._drain = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.from_app(data)  # type: ignore[attr-defined]
+            return
+        if self.reply is None or self._complete:
+            self.close()  # bytes nobody asked for: this connection can no longer be trusted to frame
+            return
+        self.received = True
+        self._last = self.pool.loop.time()
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as up:
+            self.upgraded = data[int(up.args[0]) :]
+        except (httptools.HttpParserError, FramingError, ValueError):
+            self._flush()
+            self._end(Cut() if self.reply.head_sent else errors.UpstreamUnavailable("the app's response is malformed"))
+            self.close()
+            return
+        self._flush()
+        if self._complete or (self.upgraded is not None and self.reply.status == 101):
+            self._end(None)
+
+    # --- llhttp callbacks --------------------------------------------------------------------------
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        reply = self.reply
+        assert reply is not None
+        p = self._parser
+        status = p.get_status_code()
+        headers, self._headers = self._headers, []
+        reason, self._reason = self._reason, b""
+        if 100 <= status < 200 and status != 101:
+            self._info = True  # interim answers (100 Continue, 103) are the sidecar's business, not relayed
+            return
+        if status == 101 and not reply.websocket:
+            raise FramingError("a 101 to a request that asked for no upgrade")
+        fr = framing(headers, p.get_http_version(), is_request=False)
+        self._keep = p.should_keep_alive()  # llhttp forgets this once the message is complete
+        reply.status = status
+        reply.head_at = self.pool.loop.time()
+        no_body = reply.method == "HEAD" or status in _NO_BODY_STATUS or status == 101
+        named = _connection_named(headers) if status != 101 else frozenset()
+        out = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        for name, value in headers:
+            low = name.lower()
+            if status != 101 and (low in _HOP or low in named or low == b"content-length"):
+                continue
+            out.append(b"%s: %s\r\n" % (name, value))
+        for extra_name, extra_value in reply.extra if status != 101 else ():
+            out.append(f"{extra_name}: {extra_value}\r\n".encode("latin-1"))
+        if fr.length is not None and status != 204:
+            out.append(b"Content-Length: %d\r\n" % fr.length)
+        elif no_body:
+            pass
+        elif not reply.http10:
+            out.append(b"Transfer-Encoding: chunked\r\n")
+            self._chunk = True
+        else:
+            reply.keep_alive = False  # HTTP/1.0 has no chunks: the close ends the body
+        self._eof_ends = not no_body and fr.length is None and not fr.chunked
+        if self._eof_ends:
+            reply.keep_alive = False  # read-until-close from the app: the client's body ends with a close too
+        if status != 101:
+            if not reply.keep_alive:
+                out.append(b"Connection: close\r\n")
+            elif reply.http10:
+                out.append(b"Connection: keep-alive\r\n")
+        out.append(b"\r\n")
+        self._out.append(b"".join(out))
+        reply.head_sent = True
+        if reply.method == "HEAD" and status != 101:
+            # llhttp cannot be told that a HEAD's answer has no body: the message ends here, and the next
+            # response on this connection starts with a fresh parser.
+            self._complete = True
+            self._parser = httptools.HttpResponseParser(self)
+
+    def on_body(self, body: bytes) -> None:
+        if self._chunk:
+            self._out.append(b"%x\r\n" % len(body))
+            self._out.append(body)
+            self._out.append(b"\r\n")
+        else:
+            self._out.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._info:
+            self._info = False
+            return
+        if self._chunk:
+            self._out.append(b"0\r\n\r\n")
+        self._complete = True
+
+    # --- the exchange --------------------------------------------------------------------------------
+
+    def send(self, reply: Reply, head: bytes) -> asyncio.Future[None]:
+        """Write a request head; the future ends with the response (raises a Rejection before its head went
+        out, Cut after)."""
+        assert self.transport is not None
+        loop = self.pool.loop
+        self.reply = reply
+        self.received = self._complete = self._chunk = self._eof_ends = self._info = self._keep = False
+        self.finished = loop.create_future()
+        self._last = loop.time()
+        self._timer = loop.call_at(self._last + self.pool.read_timeout, self._check_timeout)
+        self.transport.write(head)
+        return self.finished
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self.transport is None:
+            raise errors.UpstreamUnavailable("the app closed the connection")
+        if self._paused:
+            if self._drain is None:
+                self._drain = self.pool.loop.create_future()
+            await self._drain
+
+    def _check_timeout(self) -> None:
+        self._timer = None
+        if self.finished is None or self.finished.done():
+            return
+        due = self._last + self.pool.read_timeout
+        if self.pool.loop.time() < due:
+            self._timer = self.pool.loop.call_at(due, self._check_timeout)
+            return
+        self.pool.metrics.upstream_errors.labels("upstream_timeout").inc()
+        reply = self.reply
+        self._end(Cut() if reply is not None and reply.head_sent else errors.UpstreamTimeout())
+        self.close()
+
+    def _flush(self) -> None:
+        if self._out and self.reply is not None:
+            client = self.reply.client
+            if not client.is_closing():
+                client.write(b"".join(self._out) if len(self._out) > 1 else self._out[0])
+            self._out.clear()
+
+    def _end(self, failure: BaseException | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        fut = self.finished
+        if fut is not None and not fut.done():
+            if failure is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(failure)
+
+    def release(self, body_sent: bool) -> None:
+        """The exchange is over: back to the pool if the connection can carry another, else closed."""
+        self.reply, self.finished = None, None
+        if body_sent and self._complete and self.upgraded is None and self._keep:
+            self.pool.put(self)
+        else:
+            self.close()
+
+    def pause_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    def tunnel_to(self, tunnel: object | None) -> None:
+        self.tunnel = tunnel
+
+    def close(self) -> None:
+        self.pool.forget(self)
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _connection_named(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    named: set[bytes] = set()
+    for name, value in headers:
+        if len(name) == 10 and name.lower() == b"connection":
+            named.update(t.strip().lower() for t in value.split(b","))
+    return frozenset(named)
+
+
+class UpstreamPool:
+    """Keep-alive connections to the app, most recently used first."""
+
+    def __init__(self, url: str, connect_timeout: float, read_timeout: float, metrics: Metrics) -> None:
+        parts = urlsplit(url)
+        self.url = url
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.ssl: ssl.SSLContext | None = ssl.create_default_context() if parts.scheme == "https" else None
+        self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
+        self.metrics = metrics
+        self.loop = asyncio.get_running_loop()
+        self._idle: list[UpstreamConn] = []
+
+    async def acquire(self, fresh: bool = False) -> UpstreamConn:
+        now = self.loop.time()
+        while self._idle and not fresh:
+            conn = self._idle.pop()
+            usable = conn.transport is not None and not conn.transport.is_closing()
+            if usable and now - conn.idle_since < _IDLE_SECONDS:
+                conn.reused = True
+                return conn
+            conn.close()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await self.loop.create_connection(
+                    lambda: UpstreamConn(self), self.host, self.port, ssl=self.ssl
+                )
+        except TimeoutError:
+            self.metrics.upstream_errors.labels("upstream_unavailable").inc()
+            raise errors.UpstreamUnavailable("connecting to the app timed out") from None
+        except OSError as e:
+            self.metrics.upstream_errors.labels("upstream_unavailable").inc()
+            raise errors.UpstreamUnavailable(f"the app refused the connection ({e.__class__.__name__})") from None
+        return conn
+
+    def put(self, conn: UpstreamConn) -> None:
+        conn.idle_since = self.loop.time()
+        self._idle.append(conn)
+        if len(self._idle) > _MAX_IDLE:
+            self._idle.pop(0).close()
+
+    def forget(self, conn: UpstreamConn) -> None:
+        if conn in self._idle:
+            self._idle.remove(conn)
+
+    def close(self) -> None:
+        for conn in self._idle[:]:
+            conn.close()
+        self._idle.clear()

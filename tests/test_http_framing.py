@@ -1,0 +1,54 @@
+"""Framing: one reading of where a message ends, and a refusal wherever two readers could disagree."""
+
+from __future__ import annotations
+
+import pytest
+
+from sidecar.http.framing import NO_BODY, Framing, FramingError, framing, refusal
+
+H = list[tuple[bytes, bytes]]
+
+
+def test_a_content_length_frames_the_body() -> None:
+    assert framing([(b"Host", b"a"), (b"Content-Length", b"12")], "1.1", True) == Framing(12, False)
+
+
+def test_chunked_frames_the_body_whatever_its_case_and_surrounding_blanks() -> None:
+    assert framing([(b"transfer-encoding", b" Chunked ")], "1.1", True) == Framing(None, True)
+
+
+def test_no_framing_header_means_no_body() -> None:
+    assert framing([(b"Host", b"a")], "1.0", True) is NO_BODY
+    assert not NO_BODY.has_body and not Framing(0, False).has_body
+
+
+@pytest.mark.parametrize(
+    ("headers", "version"),
+    [
+        ([(b"Content-Length", b"3"), (b"Transfer-Encoding", b"chunked")], "1.1"),
+        ([(b"Transfer-Encoding", b"chunked"), (b"Content-Length", b"3")], "1.1"),
+        ([(b"Content-Length", b"3"), (b"content-length", b"3")], "1.1"),
+        ([(b"Transfer-Encoding", b"gzip, chunked")], "1.1"),
+        ([(b"Transfer-Encoding", b"chunked"), (b"Transfer-Encoding", b"chunked")], "1.1"),
+        ([(b"Transfer-Encoding", b"identity")], "1.1"),
+        ([(b"Transfer-Encoding", b"chunked")], "1.0"),
+        ([(b"Host", b"a"), (b"HOST", b"b")], "1.1"),
+        ([(b"Host", b"a")], "0.9"),
+        ([(b"Host", b"a")], "2.0"),
+    ],
+)
+def test_every_ambiguous_framing_is_refused(headers: H, version: str) -> None:
+    with pytest.raises(FramingError):
+        framing(headers, version, is_request=True)
+
+
+def test_two_hosts_matter_only_in_a_request() -> None:
+    assert framing([(b"Host", b"a"), (b"Host", b"b")], "1.1", is_request=False) is NO_BODY
+
+
+def test_a_refusal_never_repeats_the_parsers_words() -> None:
+    # llhttp's messages can quote the offending bytes (a token, say): the client gets a fixed text
+    assert refusal(ValueError("Invalid header value char: Bearer abc")).description == (
+        "the request does not parse as HTTP/1.1"
+    )
+    assert refusal(FramingError("more than one Host")).status == 400
