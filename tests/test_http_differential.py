@@ -401,11 +401,49 @@ LEAN_DIFFERS: dict[str, Differs] = {
     "te-chunked-trailing-space": Differs(*REFUSED, "aiohttp: 200, reads plain chunked"),
     # aiohttp ignores an empty Transfer-Encoding and frames by Content-Length: the next request is served
     "te-empty": Differs(*REFUSED, "aiohttp: 200, 200; the app gets /public/first and /public/smuggled"),
+    # targets that are not a path: aiohttp's own router answers (no route matches `*` or an authority);
+    # the lean engine hands them to the sidecar's decision, which refuses them as not an absolute path
+    "target-options-asterisk": Differs(*REFUSED, "aiohttp: 404 from its router, not the sidecar"),
+    "target-connect-authority-form": Differs(*REFUSED, "aiohttp: 404 from its router, not the sidecar"),
+    # aiohttp's router pattern `{tail:.*}` does not match a decoded newline: 404 from aiohttp itself; the lean
+    # engine lets the sidecar judge the path, which needs a token there
+    "decision-target-escaped-control-0": Differs([401], [], "aiohttp: 404 from its router, not the sidecar"),
+    "decision-target-escaped-control-1": Differs([401], [], "aiohttp: 404 from its router, not the sidecar"),
+    # three good pipelined requests, then a head over the limit: lean answers all three and then 431; aiohttp
+    # answers the first and closes without a word on the rest
+    "limits-pipelined-then-oversized-head": Differs(
+        [200, 200, 200, 431], ["/public/ok"] * 3, "aiohttp: 200 for the first only, then a close"
+    ),
+    # the body came with the head: lean sends no `100 Continue` (RFC 9110 10.1.1 lets a server omit it when
+    # the body is already there); aiohttp sends one first
+    "expect-100-continue": Differs([200], ["/public/first"], "aiohttp: 100, then 200"),
 }
 
-# Cases the lean engine is known to fail (the integrator's list, from the last run against it); strict, so a
-# fixed case fails until it is taken off this list.
-KNOWN_LEAN_FAILURES: dict[str, str] = {}
+# Cases the lean engine fails (found by this file's last run against it, 2026-12-03, main 2d69a06/fc13b8e).
+# Strict: a fixed case fails until it is taken off this list. Each says what lean does; the integrator
+# decides whether lean changes or the expectation moves to LEAN_DIFFERS.
+KNOWN_LEAN_FAILURES: dict[str, str] = {
+    "te-chunked-trailing-space": "lean reads `Transfer-Encoding: chunked ` (trailing OWS) as chunked, as RFC 9110 "
+    "allows, and serves both requests; this suite (from the brief) wants a 400",
+    "pipelined-after-connection-close": "lean answers the first request and ignores the bytes after it "
+    "(RFC 9112 9.6); aiohttp refuses the whole read with 400 (data after Connection: close), so lean forwards "
+    "a request aiohttp refused",
+    "pipelined-after-http-1.0": "as pipelined-after-connection-close, after an HTTP/1.0 request",
+    "pipelined-after-unfinished-body": "lean forwards POST /public/first with the 10-byte body `helloGET /p` and "
+    "then answers 400 to the rest; aiohttp refuses the whole read with 400 and forwards nothing",
+    "http-1.1-without-host": "lean forwards an HTTP/1.1 request without Host (RFC 9112 3.2 wants a 400, aiohttp "
+    "answers one); the app gets Host: 127.0.0.1:<listener port>",
+    "http-1.0-without-host": "the app gets Host and X-Forwarded-Host `127.0.0.1:<listener port>` through lean, "
+    "`127.0.0.1` through aiohttp",
+    "upgrade-h2c-with-body": "lean answers nothing and closes on a POST with `Connection: Upgrade`, `Upgrade: "
+    "h2c` and a Content-Length body followed by a second request; aiohttp ignores the upgrade and serves both",
+}
+# Failing some of the time (a race), so not strict.
+KNOWN_LEAN_RACES: dict[str, str] = {
+    "duplicate-user-agent-pipelined-chunked": "the app (aiohttp) refuses the duplicate User-Agent with 400 and "
+    "closes while lean still sends the chunked body: lean then answers 502 `the app closed the connection` "
+    "instead of the app's 400 (the aiohttp engine refuses the duplicate itself)",
+}
 
 
 # --- fixtures ----------------------------------------------------------------------------------------------
@@ -439,8 +477,11 @@ def reason(answer: Answer) -> list[str | None]:
 def params() -> list[Any]:
     out = []
     for c in CASES:
-        known = KNOWN_LEAN_FAILURES.get(c.id)
-        marks = [pytest.mark.xfail(strict=True, reason=known)] if known else []
+        marks = []
+        if c.id in KNOWN_LEAN_FAILURES:
+            marks.append(pytest.mark.xfail(strict=True, reason=KNOWN_LEAN_FAILURES[c.id]))
+        if c.id in KNOWN_LEAN_RACES:
+            marks.append(pytest.mark.xfail(strict=False, reason=KNOWN_LEAN_RACES[c.id]))
         out.append(pytest.param(c, id=c.id, marks=marks))
     return out
 
