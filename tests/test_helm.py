@@ -108,9 +108,7 @@ def pod_spec(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def sidecar_container(spec: dict[str, Any]) -> dict[str, Any]:
     found = [
-        c
-        for c in (spec.get("containers") or []) + (spec.get("initContainers") or [])
-        if c["name"] == "jwt-sidecar"
+        c for c in (spec.get("containers") or []) + (spec.get("initContainers") or []) if c["name"] == "jwt-sidecar"
     ]
     assert len(found) == 1
     return found[0]
@@ -240,9 +238,7 @@ CRD_SHAPES: dict[str, dict[str, Any]] = {
                                             "labels": {
                                                 "type": "object",
                                                 "required": ["severity"],
-                                                "properties": {
-                                                    "severity": {"enum": ["info", "warning", "critical"]}
-                                                },
+                                                "properties": {"severity": {"enum": ["info", "warning", "critical"]}},
                                                 "additionalProperties": {"type": "string"},
                                             },
                                             "annotations": {
@@ -450,9 +446,7 @@ def test_rendered_config_passes_sidecar_check_config(values_file: Path, tmp_path
 
 def test_a_bad_config_is_caught_by_check_config(tmp_path: Path, minimal_values: dict[str, Any]) -> None:
     """Cross-field rules (one key source per provider) are left to the sidecar; prove it catches them."""
-    values = deep_merge(
-        minimal_values, {"sidecar": {"config": {"providers": [{**PROVIDER, "discovery": True}]}}}
-    )
+    values = deep_merge(minimal_values, {"sidecar": {"config": {"providers": [{**PROVIDER, "discovery": True}]}}})
     text, _ = config_of(render(values))
     path = tmp_path / "config.yaml"
     path.write_text(text)
@@ -472,9 +466,7 @@ def test_a_bad_config_is_caught_by_check_config(tmp_path: Path, minimal_values: 
 def test_listen_port_must_agree_with_container_port(minimal_values: dict[str, Any]) -> None:
     with pytest.raises(helm.HelmError, match=r"sidecar\.config\.listen"):
         render(deep_merge(minimal_values, {"sidecar": {"config": {"listen": "0.0.0.0:9000"}}}))
-    docs = render(
-        deep_merge(minimal_values, {"sidecar": {"port": 9000, "config": {"listen": "0.0.0.0:9000"}}})
-    )
+    docs = render(deep_merge(minimal_values, {"sidecar": {"port": 9000, "config": {"listen": "0.0.0.0:9000"}}}))
     assert config_of(docs)[1]["listen"] == "0.0.0.0:9000"
 
 
@@ -547,17 +539,13 @@ def test_termination_grace_follows_drain_timeout(
     rendered_ci: dict[str, list[dict[str, Any]]], minimal_values: dict[str, Any]
 ) -> None:
     grace = {
-        n: pod_spec(d)["terminationGracePeriodSeconds"]
-        for n, d in rendered_ci.items()
-        if by_kind(d, "Deployment")
+        n: pod_spec(d)["terminationGracePeriodSeconds"] for n, d in rendered_ci.items() if by_kind(d, "Deployment")
     }
     assert grace["minimal-values.yaml"] == 20 + 10  # sidecar default drain_timeout + default margin
     assert grace["standalone-values.yaml"] == 45 + 15  # "45s" + terminationGraceMarginSeconds 15
     assert grace["native-sidecar-values.yaml"] == 30 + 10  # a plain number of seconds
     for drain, expected in (("2m", 130), ("1500ms", 12), (7.2, 18)):
-        docs = render(
-            deep_merge(minimal_values, {"sidecar": {"config": {"limits": {"drain_timeout": drain}}}})
-        )
+        docs = render(deep_merge(minimal_values, {"sidecar": {"config": {"limits": {"drain_timeout": drain}}}}))
         assert pod_spec(docs)["terminationGracePeriodSeconds"] == expected
     docs = render(deep_merge(minimal_values, {"sidecar": {"terminationGracePeriodSeconds": 90}}))
     assert pod_spec(docs)["terminationGracePeriodSeconds"] == 90
@@ -599,9 +587,7 @@ def test_secrets_only_by_reference(rendered_ci: dict[str, list[dict[str, Any]]])
         {"name": "DATABASE_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "orders-db", "key": "password"}}}
     ]
     assert app["envFrom"] == [{"secretRef": {"name": "orders-api-secrets"}}]
-    assert sidecar_container(spec)["envFrom"] == [
-        {"secretRef": {"name": "sidecar-overrides", "optional": True}}
-    ]
+    assert sidecar_container(spec)["envFrom"] == [{"secretRef": {"name": "sidecar-overrides", "optional": True}}]
     assert "password" not in config_of(docs)[0].lower()
 
 
@@ -611,9 +597,7 @@ def test_network_policy_never_opens_the_app_port(rendered_ci: dict[str, list[dic
     ports = {p["port"] for rule in np["spec"]["ingress"] for p in rule["ports"]}
     assert ports == {8000, 9901, decision_port(docs)}  # the sidecar's listeners, never the app's 9000
     assert np["spec"]["policyTypes"] == ["Ingress", "Egress"]
-    assert (
-        np["spec"]["podSelector"]["matchLabels"] == one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
-    )
+    assert np["spec"]["podSelector"]["matchLabels"] == one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
 
 
 def test_pdb_and_hpa_target_the_deployment(rendered_ci: dict[str, list[dict[str, Any]]]) -> None:
@@ -750,18 +734,14 @@ def alert_and_dashboard_exprs(docs: list[dict[str, Any]]) -> dict[str, str]:
     exprs = {}
     for rule in (r for g in one(docs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]):
         exprs[f"alert {rule['alert']}"] = rule["expr"]
-    dash_cm = next(
-        d for d in by_kind(docs, "ConfigMap") if d["metadata"]["labels"].get("grafana_dashboard") == "1"
-    )
+    dash_cm = next(d for d in by_kind(docs, "ConfigMap") if d["metadata"]["labels"].get("grafana_dashboard") == "1")
     dashboard = json.loads(dash_cm["data"]["jwt-sidecar.json"])
     for panel in dashboard["panels"]:
         for target in panel.get("targets", []):
             exprs[f"panel {panel['title']} {target['refId']}"] = target["expr"]
     for var in dashboard["templating"]["list"]:
         if var["type"] == "query":
-            exprs[f"variable {var['name']}"] = re.sub(
-                r"^label_values\((.*),\s*\w+\)$", r"\1", var["definition"]
-            )
+            exprs[f"variable {var['name']}"] = re.sub(r"^label_values\((.*),\s*\w+\)$", r"\1", var["definition"])
     return exprs
 
 
@@ -783,13 +763,9 @@ def test_alerts_and_dashboard_content(rendered_ci: dict[str, list[dict[str, Any]
     assert "< 0.95" in alerts["JwtSidecarAuthSuccessRateLow"]["expr"]
     assert all(r["labels"]["team"] == "identity" for n, r in alerts.items() if n in EXPECTED_ALERTS)
     # Prometheus templating survives Helm templating
-    assert all(
-        "{{ $labels." in r["annotations"]["description"] for n, r in alerts.items() if n in EXPECTED_ALERTS
-    )
+    assert all("{{ $labels." in r["annotations"]["description"] for n, r in alerts.items() if n in EXPECTED_ALERTS)
     assert 'job="shop-jwt-sidecar-metrics"' in alerts["JwtSidecarBulkExpiration"]["expr"]
-    dash_cm = next(
-        d for d in by_kind(docs, "ConfigMap") if d["metadata"]["labels"].get("grafana_dashboard") == "1"
-    )
+    dash_cm = next(d for d in by_kind(docs, "ConfigMap") if d["metadata"]["labels"].get("grafana_dashboard") == "1")
     assert dash_cm["metadata"]["labels"]["grafana_folder"] == "identity"
     titles = {p["title"] for p in json.loads(dash_cm["data"]["jwt-sidecar.json"])["panels"]}
     for wanted in (

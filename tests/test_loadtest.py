@@ -52,11 +52,20 @@ CASES = {
 @pytest.mark.parametrize("scenario", list(CASES))
 def test_scenario(scenario: str, k6: str, tmp_path: Path) -> None:
     env = {
-        **os.environ, **CASES[scenario], "PYTHON": sys.executable, "K6": k6, "LOADTEST_OUT": str(tmp_path),
+        **os.environ,
+        **CASES[scenario],
+        "PYTHON": sys.executable,
+        "K6": k6,
+        "LOADTEST_OUT": str(tmp_path),
         "MAX_RUN_SECONDS": "90",
     }
     proc = subprocess.run(
-        ["bash", str(RUN), scenario], env=env, cwd=ROOT, capture_output=True, text=True, timeout=180,
+        ["bash", str(RUN), scenario],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
         stdin=subprocess.DEVNULL,
     )
     summary = tmp_path / f"{scenario}-summary.json"
