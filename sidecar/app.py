@@ -336,13 +336,17 @@ async def run_until_signal(
     if cfg.proxy_engine == "aiohttp":
         proxy_runner = _guarded(proxy_app(state), cfg, limits, closed)
         await proxy_runner.setup()
+    else:
+        lean = await LeanServer.create(state, limits, closed)
+    await _pods_first_keys(state)
     admin_host, admin_port = _split(cfg.admin_listen)
     host, port = _split(cfg.listen)
     if proxy_runner is not None:
         await web.TCPSite(proxy_runner, host, port, reuse_address=True, reuse_port=reuse_port, backlog=1024).start()
         proxy = proxy_runner.app
     else:
-        lean = await LeanServer.start(state, host, port, limits, closed, reuse_port=reuse_port)
+        assert lean is not None
+        await lean.listen(host, port, reuse_port)
         proxy = lean.app
     decision_runner = None
     if cfg.decision is not None:

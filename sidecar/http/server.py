@@ -643,6 +643,21 @@ class LeanServer:
         return UpstreamPool(s.cfg.upstream, lim.upstream_connect_timeout, lim.upstream_timeout, s.metrics)
 
     @classmethod
+    async def create(cls, state: Sidecar, limits: ConnLimits, on_close: OnClose) -> LeanServer:
+        """Set up (the key channel and the gauges start) without listening yet."""
+        from sidecar.app import STATE, proxy_app  # the wiring imports this module
+
+        runner = web.AppRunner(proxy_app(state), handle_signals=False)
+        await runner.setup()
+        return cls(runner, STATE, limits, on_close)
+
+    async def listen(self, host: str, port: int, reuse_port: bool = False, backlog: int = 1024) -> None:
+        self._server = await self.loop.create_server(
+            lambda: ClientConn(self), host, port, reuse_address=True, reuse_port=reuse_port or None, backlog=backlog
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    @classmethod
     async def start(
         cls,
         state: Sidecar,
@@ -653,15 +668,8 @@ class LeanServer:
         reuse_port: bool = False,
         backlog: int = 1024,
     ) -> LeanServer:
-        from sidecar.app import STATE, proxy_app  # the wiring imports this module
-
-        runner = web.AppRunner(proxy_app(state), handle_signals=False)
-        await runner.setup()
-        self = cls(runner, STATE, limits, on_close)
-        self._server = await self.loop.create_server(
-            lambda: ClientConn(self), host, port, reuse_address=True, reuse_port=reuse_port or None, backlog=backlog
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
+        self = await cls.create(state, limits, on_close)
+        await self.listen(host, port, reuse_port, backlog)
         return self
 
     async def close(self, drain_timeout: float = 0.0) -> None:
