@@ -75,6 +75,7 @@ class Sidecar:
     grace_header: str
     loaded: Loaded  # which config this is: hash, generation (see sidecar.reload)
     report_header: str = "X-Auth-Report"  # identity_header_prefix + REPORT_SUFFIX (build_state)
+    claim_headers: tuple[tuple[str, str], ...] = ()  # cfg.all_claim_headers, computed once
     draining: bool = False
     upstream: aiohttp.ClientSession | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -141,6 +142,7 @@ def _assemble(
         token_sources=tuple(dict.fromkeys(src for p in cfg.providers for src in p.token_sources)),
         grace_header=cfg.identity_header_prefix + GRACE_SUFFIX,
         report_header=cfg.identity_header_prefix + REPORT_SUFFIX,
+        claim_headers=cfg.all_claim_headers,
         loaded=loaded,
     )
 

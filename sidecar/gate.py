@@ -91,7 +91,9 @@ async def admit(
     out.setdefault("X-Forwarded-Proto", scheme)
     out.setdefault("X-Forwarded-Host", host)
     out["Host"] = host
-    path_qs = (encode(canonical) if canonical is not None else path) + ("?" + raw_query if raw_query else "")
+    # a plain path is its own canonical form (rules.normalise returns it as it is): nothing to re-encode
+    target = path if canonical is None or canonical is path else encode(canonical)
+    path_qs = target + "?" + raw_query if raw_query else target
     scan = None
     if has_body and form_kind(ctype := content_type(headers)):
 

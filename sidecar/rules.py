@@ -8,6 +8,7 @@ satisfy every rule that applies to its method, and it is forwarded exactly as se
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,8 +21,19 @@ from sidecar.policy import Rule, pattern_regex
 _SAFE = "/:@!$&'()*+,=-._~"
 
 
+# A path every reading agrees on as it is: no escapes, no empty or dot segments, only characters that
+# `encode` keeps. Most requests' paths; they skip decoding and re-encoding.
+_PLAIN = re.compile(r"(?:/[A-Za-z0-9_:@!$&'()*+,=\-.~]+)*/?")
+
+
+def _plain(path: str) -> bool:
+    return _PLAIN.fullmatch(path) is not None and "/." not in path
+
+
 def normalise(raw_path: str) -> str | None:
     """The canonical decoded path, or None when the path is ambiguous."""
+    if _plain(raw_path):
+        return raw_path
     if not raw_path.startswith("/"):
         return None
     low = raw_path.lower()
@@ -50,7 +62,7 @@ def normalise(raw_path: str) -> str | None:
 
 
 def encode(canonical: str) -> str:
-    return quote(canonical, safe=_SAFE)
+    return canonical if _plain(canonical) else quote(canonical, safe=_SAFE)
 
 
 INSUFFICIENT_SCOPE, CLAIM_MISMATCH, WRONG_PROVIDER = 1, 2, 3  # verdict bytes; 0 means the token satisfies the rule

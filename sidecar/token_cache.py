@@ -53,8 +53,11 @@ def _opt(v: float) -> float | None:
     return None if v != v else v  # NaN marks an absent claim
 
 
+_HOT = 1024  # entries also kept unpacked: the tokens in use right now hit without unpacking
+
+
 class TokenCache:
-    __slots__ = ("_bytes", "_entries", "_ident_index", "_idents", "_max", "_max_bytes", "_values")
+    __slots__ = ("_bytes", "_entries", "_hot", "_ident_index", "_idents", "_max", "_max_bytes", "_values")
 
     def __init__(self, max_entries: int, claim_values: int = 0, max_bytes: int = 32 << 20) -> None:
         self._entries: dict[bytes, bytes] = {}
@@ -65,19 +68,29 @@ class TokenCache:
         # (kid, thumbprint) pairs, stored once and named by index in the packed entries
         self._idents: list[tuple[str | None, str]] = []
         self._ident_index: dict[tuple[str | None, str], int] = {}
+        # Unpacked copies of recent hits. Valid only while the packed entry is there: a removal from
+        # `_entries` (eviction, discard) is seen by `get`, a replacement goes through `discard`.
+        self._hot: dict[bytes, VerifiedToken] = {}
 
     def get(self, digest: bytes) -> VerifiedToken | None:
         blob = self._entries.pop(digest, None)
         if blob is None:
             return None
         self._entries[digest] = blob  # now the most recently used
+        hot = self._hot.get(digest)
+        if hot is not None:
+            return hot
+        if len(self._hot) >= _HOT:
+            self._hot.clear()  # a cheap bound: the tokens still in use come back on their next hit
         provider, ident, exp, nbf, iat, n = _HEAD.unpack_from(blob)
         at = _HEAD.size + n
         values: tuple[str | None, ...] = ()
         if self._values:
             values = tuple(None if v == _ABSENT else v for v in blob[at:].decode().split(_SEP))
         kid, key = self._idents[ident]
-        return VerifiedToken(provider, kid, _opt(exp), _opt(nbf), _opt(iat), values, blob[_HEAD.size : at], key)
+        entry = VerifiedToken(provider, kid, _opt(exp), _opt(nbf), _opt(iat), values, blob[_HEAD.size : at], key)
+        self._hot[digest] = entry
+        return entry
 
     def put(self, digest: bytes, entry: VerifiedToken) -> None:
         if self._max <= 0:
@@ -113,10 +126,12 @@ class TokenCache:
         while True:
             for old in list(islice(self._entries, max(1, self._max // 100))):
                 self._bytes -= _cost(self._entries.pop(old))
+                self._hot.pop(old, None)
             if not self._entries or self._bytes <= self._max_bytes:
                 return
 
     def discard(self, digest: bytes) -> None:
+        self._hot.pop(digest, None)
         blob = self._entries.pop(digest, None)
         if blob is not None:
             self._bytes -= _cost(blob)

@@ -15,7 +15,7 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 from jwt.algorithms import Algorithm, get_default_algorithms
 
@@ -65,6 +65,63 @@ def render(value: Any) -> str | None:
     return header_safe(out)
 
 
+# Refusals that depend on the token and the key sets alone: the same token is refused the same way until a
+# key set changes. Not cached: time (expired, not yet valid...), an unknown kid (a refetch may bring it),
+# no usable keys, and anything a reload could change (its verifier is new anyway).
+_LASTING: Final = (
+    errors.Malformed,
+    errors.BadSignature,
+    errors.UnsupportedAlg,
+    errors.IssuerMismatch,
+    errors.AudienceMismatch,
+    errors.MissingClaim,
+    errors.InvalidClaim,
+)
+_REFUSALS = 4096  # distinct bad tokens remembered; a flood of distinct ones is bounded by the verify cost
+
+
+class RefusalCache:
+    """Bad tokens seen lately, by digest, so a client (or an attacker) repeating one costs a lookup, not a
+    signature check: a flood of one bad token cannot crowd out valid traffic. Cleared whenever a provider's
+    key set changes, since a new key may verify what an old one did not."""
+
+    __slots__ = ("_entries", "_keysets", "_metrics")
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._entries: dict[bytes, tuple[type[errors.Rejection], str, dict[str, object]]] = {}
+        self._keysets: tuple[object, ...] = ()
+        self._metrics = metrics
+
+    def _current(self, views: list[KeyView]) -> None:
+        keysets = tuple(v.keys for v in views)
+        if len(keysets) != len(self._keysets) or any(a is not b for a, b in zip(keysets, self._keysets, strict=True)):
+            self._entries.clear()
+            self._keysets = keysets
+
+    def check(self, digest: bytes, views: list[KeyView]) -> None:
+        """Raises the remembered refusal of this token, if any."""
+        if not self._entries:
+            return
+        self._current(views)
+        known = self._entries.get(digest)
+        if known is not None:
+            kind, description, context = known
+            self._metrics.token_cache.labels("refused").inc()
+            r = kind(description)
+            r.context = dict(context)
+            raise r
+
+    def remember(self, digest: bytes, r: errors.Rejection, views: list[KeyView]) -> None:
+        if isinstance(r, _LASTING):
+            self._current(views)
+            if len(self._entries) >= _REFUSALS:
+                del self._entries[next(iter(self._entries))]  # the oldest
+            self._entries[digest] = (type(r), r.description, dict(r.context))
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 class Verifier:
     def __init__(
         self,
@@ -90,6 +147,7 @@ class Verifier:
         self.grace = cfg.expired_grace
         self._by_issuer = {p.issuer: i for i, p in enumerate(cfg.providers)}
         self._max_lifetime = tuple(p.max_token_lifetime for p in cfg.providers)
+        self.refused = RefusalCache(metrics)
         algorithms = get_default_algorithms()
         self._algorithms: dict[str, Algorithm] = {a: algorithms[a] for a in ASYMMETRIC_ALGS}
 
@@ -139,8 +197,13 @@ class Verifier:
                 self.metrics.token_cache.labels("hit").inc()
                 return hit, self._timed(hit)
             self.cache.discard(digest)
+        self.refused.check(digest, self.keys)
         self.metrics.token_cache.labels("miss").inc()
-        entry = await self._verify_fully(token)
+        try:
+            entry = await self._verify_fully(token)
+        except errors.Rejection as r:
+            self.refused.remember(digest, r, self.keys)
+            raise
         # Cached before the time check: a genuine token that is expired (a client retrying in a loop) is
         # then refused from the cache, since every hit re-checks the times, instead of by an RSA verify.
         self.cache.put(digest, entry)

@@ -13,8 +13,8 @@ def test_a_content_length_frames_the_body() -> None:
     assert framing([(b"Host", b"a"), (b"Content-Length", b"12")], "1.1", True) == Framing(12, False)
 
 
-def test_chunked_frames_the_body_whatever_its_case_and_surrounding_blanks() -> None:
-    assert framing([(b"transfer-encoding", b" Chunked ")], "1.1", True) == Framing(None, True)
+def test_chunked_frames_the_body_whatever_its_case() -> None:
+    assert framing([(b"Host", b"a"), (b"transfer-encoding", b"Chunked")], "1.1", True) == Framing(None, True)
 
 
 def test_no_framing_header_means_no_body() -> None:
@@ -52,3 +52,37 @@ def test_a_refusal_never_repeats_the_parsers_words() -> None:
         "the request does not parse as HTTP/1.1"
     )
     assert refusal(FramingError("more than one Host")).status == 400
+
+
+@pytest.mark.parametrize("name", [b"Content-Type", b"User-Agent", b"Host", b"ETag", b"Max-Forwards"])
+def test_a_second_singleton_field_in_a_request_is_refused_as_the_aiohttp_parser_does(name: bytes) -> None:
+    with pytest.raises(FramingError, match="more than one"):
+        framing(
+            [(b"Host", b"a"), (name, b"x"), (name.upper(), b"y")] if name != b"Host" else [(name, b"x")] * 2,
+            "1.1",
+            True,
+        )
+
+
+def test_an_apps_answer_may_repeat_fields_that_do_not_frame_it() -> None:
+    assert framing([(b"Server", b"a"), (b"Server", b"b"), (b"Content-Length", b"2")], "1.1", False) == Framing(2, False)
+    with pytest.raises(FramingError):
+        framing([(b"Content-Length", b"2"), (b"Content-Length", b"2")], "1.1", False)
+
+
+def test_an_http11_request_without_host_is_refused_but_an_http10_one_is_not() -> None:
+    with pytest.raises(FramingError, match="without Host"):
+        framing([], "1.1", True)
+    assert framing([], "1.0", True) is NO_BODY
+
+
+@pytest.mark.parametrize("value", [b"chunked ", b" chunked", b"chunked\t", b"chunked,", b"chunked;q=1"])
+def test_a_transfer_encoding_with_anything_around_chunked_is_refused(value: bytes) -> None:
+    with pytest.raises(FramingError):
+        framing([(b"Host", b"a"), (b"Transfer-Encoding", value)], "1.1", True)
+
+
+def test_an_upgrade_request_with_a_body_is_refused() -> None:
+    with pytest.raises(FramingError, match="upgrade"):
+        framing([(b"Host", b"a"), (b"Content-Length", b"3")], "1.1", True, upgrade=True)
+    assert framing([(b"Host", b"a")], "1.1", True, upgrade=True) is NO_BODY

@@ -6,11 +6,13 @@ Content-Length with Transfer-Encoding, duplicate or non-decimal Content-Length, 
 ending in `chunked`, obs-fold, bare CR or LF, NUL and other controls in a field, bad chunk sizes and chunk
 lines. This module refuses what it still lets through, for requests (400) and for the app's responses (502):
 
-- a Transfer-Encoding other than exactly `chunked` (`gzip, chunked` is legal, but no app behind us expects
-  it and a decoder that stops early would re-frame the rest);
+- a Transfer-Encoding other than exactly `chunked`, blanks included (`gzip, chunked` is legal, but no app
+  behind us expects it, and a reader that trims or splits differently would re-frame the rest);
+- a second instance of a field that may appear once (Content-Length, Transfer-Encoding, Host, Content-Type,
+  User-Agent...: aiohttp's list), and an HTTP/1.1 request without Host;
+- a request that asks to upgrade and has a body (llhttp would read the body as the next message);
 - any Transfer-Encoding in an HTTP/1.0 message (RFC 9112 §6.1: its framing is faulty);
-- versions other than HTTP/1.0 and HTTP/1.1 (llhttp reads `GET /` alone as HTTP/0.9);
-- more than one Host (RFC 9112 §3.2), so the app and the sidecar read the same authority.
+- versions other than HTTP/1.0 and HTTP/1.1 (llhttp reads `GET /` alone as HTTP/0.9).
 
 The forwarded request is framed by the sidecar alone (sidecar/http/upstream.py writes Content-Length or
 chunked itself): nothing of the client's framing headers reaches the app.
@@ -19,6 +21,7 @@ chunked itself): nothing of the client's framing headers reaches the app.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from sidecar import errors
 
@@ -42,33 +45,63 @@ class FramingError(Exception):
     """Ambiguous framing: a request gets 400, a response from the app 502; the connection is closed."""
 
 
-def framing(headers: list[tuple[bytes, bytes]], version: str, is_request: bool) -> Framing:
-    """The one reading of a message's framing headers (already vetted by llhttp), or FramingError."""
+# Fields a message may carry once. A second one is refused, as aiohttp's parser (the earlier engine, and many
+# apps) refuses it: two readers may each take a different one.
+_SINGLETONS: Final = frozenset(
+    {
+        b"content-length",
+        b"content-location",
+        b"content-range",
+        b"content-type",
+        b"etag",
+        b"host",
+        b"max-forwards",
+        b"server",
+        b"transfer-encoding",
+        b"user-agent",
+    }
+)
+_FRAMING: Final = frozenset({b"content-length", b"transfer-encoding"})
+_LENGTHS: Final = frozenset(len(n) for n in _SINGLETONS)
+
+
+def framing(headers: list[tuple[bytes, bytes]], version: str, is_request: bool, upgrade: bool = False) -> Framing:
+    """The one reading of a message's framing headers (already vetted by llhttp), or FramingError.
+    `upgrade`: llhttp stops reading at this request (it asked to switch protocols)."""
     if version not in ("1.1", "1.0"):
         raise FramingError(f"HTTP/{version} is not served")
     length: int | None = None
     chunked = False
-    hosts = 0
+    seen: set[bytes] = set()
     for name, value in headers:
-        n = len(name)
-        if n == 14 and name.lower() == b"content-length":
-            if length is not None:  # llhttp refuses this too: kept so no reader is trusted alone
-                raise FramingError("more than one Content-Length")
-            length = int(value)  # llhttp admitted only digits
-        elif n == 17 and name.lower() == b"transfer-encoding":
-            if chunked or value.strip(b" \t").lower() != _CHUNKED:
-                raise FramingError("a Transfer-Encoding other than one `chunked`")
-            chunked = True
-        elif n == 4 and is_request and name.lower() == b"host":
-            hosts += 1
+        if len(name) not in _LENGTHS:
+            continue  # most names: one length test instead of lowering each
+        low = name.lower()
+        # the app's answers: only their framing (a second Server or Content-Type is the app's own business)
+        if low in _SINGLETONS and (is_request or low in _FRAMING):
+            if low in seen:
+                raise FramingError(f"more than one {name.decode('latin-1')}")
+            seen.add(low)
+            if low == b"content-length":
+                if not value.isdigit():  # llhttp admits only digits too: kept so no reader is trusted alone
+                    raise FramingError("a Content-Length that is not a number")
+                length = int(value)
+            elif low == b"transfer-encoding":
+                # exactly `chunked`: a reader that trims no blanks, or stops at a comma, frames otherwise
+                if value.lower() != _CHUNKED:
+                    raise FramingError("a Transfer-Encoding other than one `chunked`")
+                chunked = True
     if chunked and version == "1.0":
         raise FramingError("Transfer-Encoding in an HTTP/1.0 message")
     if chunked and length is not None:
         raise FramingError("both Content-Length and Transfer-Encoding")
-    if hosts > 1:
-        raise FramingError("more than one Host")
+    if is_request and version == "1.1" and b"host" not in seen:
+        raise FramingError("an HTTP/1.1 request without Host")  # RFC 9112 §3.2
     if length is None and not chunked:
         return NO_BODY
+    if upgrade and (chunked or length):
+        # llhttp reads no body after an upgrade request: the bytes would be read as the next message
+        raise FramingError("a request that asks to upgrade with a body")
     return Framing(length, chunked)
 
 

@@ -153,13 +153,18 @@ class UpstreamConn(asyncio.Protocol):
         reply.status = status
         reply.head_at = self.pool.loop.time()
         no_body = reply.method == "HEAD" or status in _NO_BODY_STATUS or status == 101
-        named = _connection_named(headers) if status != 101 else frozenset()
         out = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
-        for name, value in headers:
-            low = name.lower()
-            if status != 101 and (low in _HOP or low in named or low == b"content-length"):
-                continue
-            out.append(b"%s: %s\r\n" % (name, value))
+        if status == 101:
+            out.extend(b"%s: %s\r\n" % pair for pair in headers)  # the handshake's headers are the tunnel's
+        else:
+            dropped = self.pool.dropped
+            named = _connection_named(headers)
+            for name, value in headers:
+                drop = dropped.get(name)
+                if drop is None:
+                    drop = dropped.remember(name)
+                if not drop and not (named and name.lower() in named):
+                    out.append(b"%s: %s\r\n" % (name, value))
         for extra_name, extra_value in reply.extra if status != 101 else ():
             out.append(f"{extra_name}: {extra_value}\r\n".encode("latin-1"))
         if fr.length is not None and status != 204:
@@ -215,7 +220,9 @@ class UpstreamConn(asyncio.Protocol):
         self.received = self._complete = self._chunk = self._eof_ends = self._info = self._keep = False
         self.finished = loop.create_future()
         self._last = loop.time()
-        self._timer = loop.call_at(self._last + self.pool.read_timeout, self._check_timeout)
+        if self._timer is None:
+            # one timer per connection, moved lazily: it re-arms itself from `_last` when it fires early
+            self._timer = loop.call_at(self._last + self.pool.read_timeout, self._check_timeout)
         self.transport.write(head)
         return self.finished
 
@@ -233,8 +240,8 @@ class UpstreamConn(asyncio.Protocol):
 
     def _check_timeout(self) -> None:
         self._timer = None
-        if self.finished is None or self.finished.done():
-            return
+        if self.finished is None or self.finished.done() or self.transport is None:
+            return  # nothing in flight: the next request arms it again
         due = self._last + self.pool.read_timeout
         if self.pool.loop.time() < due:
             self._timer = self.pool.loop.call_at(due, self._check_timeout)
@@ -252,9 +259,6 @@ class UpstreamConn(asyncio.Protocol):
             self._out.clear()
 
     def _end(self, failure: BaseException | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         fut = self.finished
         if fut is not None and not fut.done():
             if failure is None:
@@ -282,17 +286,37 @@ class UpstreamConn(asyncio.Protocol):
         self.tunnel = tunnel
 
     def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.pool.forget(self)
         if self.transport is not None:
             self.transport.close()
 
 
+_PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close", b""})
+
+
 def _connection_named(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """Names the app's `Connection` lists beyond `keep-alive` and `close` (hop-by-hop for this response)."""
     named: set[bytes] = set()
     for name, value in headers:
         if len(name) == 10 and name.lower() == b"connection":
             named.update(t.strip().lower() for t in value.split(b","))
-    return frozenset(named)
+    return frozenset(named - _PLAIN_CONNECTION)
+
+
+class Dropped(dict[bytes, bool]):
+    """Which response header names never reach the client (hop-by-hop, and Content-Length, which the
+    sidecar writes itself), remembered per name as sent: apps send the same few names again and again."""
+
+    def remember(self, name: bytes) -> bool:
+        low = name.lower()
+        drop = low in _HOP or low == b"content-length"
+        if len(self) >= 4096:
+            self.clear()
+        self[name] = drop
+        return drop
 
 
 class UpstreamPool:
@@ -308,6 +332,7 @@ class UpstreamPool:
         self.metrics = metrics
         self.loop = asyncio.get_running_loop()
         self._idle: list[UpstreamConn] = []
+        self.dropped = Dropped()
 
     async def acquire(self, fresh: bool = False) -> UpstreamConn:
         now = self.loop.time()
@@ -318,6 +343,10 @@ class UpstreamPool:
                 conn.reused = True
                 return conn
             conn.close()
+        # in a task of its own: requests run without one (server.drive), and the timeout needs a task
+        return await self.loop.create_task(self._connect())
+
+    async def _connect(self) -> UpstreamConn:
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await self.loop.create_connection(
