@@ -380,6 +380,15 @@ MUST_REFUSE = {
     "chunk-ext-bare-lf",
     "chunk-ext-bare-cr",
     "last-chunk-bare-lf",
+    "cl-surrounding-whitespace",  # blanks around the digits (docs/security-framing.md)
+    "upgrade-h2c-with-body",  # llhttp reads no body after an upgrade request
+    # singleton fields twice (aiohttp's list), refused by both engines
+    "duplicate-user-agent",
+    "duplicate-user-agent-chunked-body",
+    "duplicate-content-type-cl-body",
+    "duplicate-user-agent-pipelined-chunked",
+    "http-1.1-without-host",
+    "http-1.1-two-hosts",
 }
 assert {c.id for c in CASES} >= MUST_REFUSE, MUST_REFUSE - {c.id for c in CASES}
 
@@ -391,6 +400,9 @@ class Differs:
     statuses: list[int]
     paths: list[str]
     why: str  # and what the aiohttp engine does
+    # lean forwards a request aiohttp did not: allowed only where aiohttp refused a later request in the same
+    # read and dropped the earlier, well-framed one with it (docs/security-framing.md, "Pipelining")
+    forwards_more: bool = False
 
 
 REFUSED = ([400], [])
@@ -401,6 +413,10 @@ LEAN_DIFFERS: dict[str, Differs] = {
     "te-chunked-trailing-space": Differs(*REFUSED, "aiohttp: 200, reads plain chunked"),
     # aiohttp ignores an empty Transfer-Encoding and frames by Content-Length: the next request is served
     "te-empty": Differs(*REFUSED, "aiohttp: 200, 200; the app gets /public/first and /public/smuggled"),
+    # blanks around the digits: aiohttp strips them (RFC 9110 OWS) and reads 5; lean refuses any blank
+    "cl-surrounding-whitespace": Differs(*REFUSED, "aiohttp: 200, the app gets the 5-byte body"),
+    # llhttp reads no body after an upgrade request, so lean refuses one with a body; aiohttp ignores h2c
+    "upgrade-h2c-with-body": Differs(*REFUSED, "aiohttp: 200, 200; the app gets /public/first and /public/second"),
     # targets that are not a path: aiohttp's own router answers (no route matches `*` or an authority);
     # the lean engine hands them to the sidecar's decision, which refuses them as not an absolute path
     "target-options-asterisk": Differs(*REFUSED, "aiohttp: 404 from its router, not the sidecar"),
@@ -414,36 +430,25 @@ LEAN_DIFFERS: dict[str, Differs] = {
     "limits-pipelined-then-oversized-head": Differs(
         [200, 200, 200, 431], ["/public/ok"] * 3, "aiohttp: 200 for the first only, then a close"
     ),
-    # the body came with the head: lean sends no `100 Continue` (RFC 9110 10.1.1 lets a server omit it when
-    # the body is already there); aiohttp sends one first
-    "expect-100-continue": Differs([200], ["/public/first"], "aiohttp: 100, then 200"),
+    # bytes after a request that ends the connection: lean answers it and never reads them (RFC 9112 9.6);
+    # aiohttp's parser refuses the whole read (`Data after Connection: close`) and forwards nothing
+    "pipelined-after-connection-close": Differs(
+        [200], ["/public/first"], "aiohttp: 400 for the read, nothing forwarded", forwards_more=True
+    ),
+    "pipelined-after-http-1.0": Differs(
+        [200], ["/public/first"], "aiohttp: 400 for the read, nothing forwarded", forwards_more=True
+    ),
+    # a body read by its Content-Length (10 bytes: `helloGET /p`), as the app would read it, then a 400 for
+    # the rest; aiohttp refuses the whole read and forwards nothing
+    "pipelined-after-unfinished-body": Differs(
+        [200, 400], ["/public/first"], "aiohttp: 400 for the read, nothing forwarded", forwards_more=True
+    ),
 }
 
-# Cases the lean engine fails (found by this file's last run against it, 2026-12-03, main 2d69a06/fc13b8e).
-# Strict: a fixed case fails until it is taken off this list. Each says what lean does; the integrator
-# decides whether lean changes or the expectation moves to LEAN_DIFFERS.
-KNOWN_LEAN_FAILURES: dict[str, str] = {
-    "te-chunked-trailing-space": "lean reads `Transfer-Encoding: chunked ` (trailing OWS) as chunked, as RFC 9110 "
-    "allows, and serves both requests; this suite (from the brief) wants a 400",
-    "pipelined-after-connection-close": "lean answers the first request and ignores the bytes after it "
-    "(RFC 9112 9.6); aiohttp refuses the whole read with 400 (data after Connection: close), so lean forwards "
-    "a request aiohttp refused",
-    "pipelined-after-http-1.0": "as pipelined-after-connection-close, after an HTTP/1.0 request",
-    "pipelined-after-unfinished-body": "lean forwards POST /public/first with the 10-byte body `helloGET /p` and "
-    "then answers 400 to the rest; aiohttp refuses the whole read with 400 and forwards nothing",
-    "http-1.1-without-host": "lean forwards an HTTP/1.1 request without Host (RFC 9112 3.2 wants a 400, aiohttp "
-    "answers one); the app gets Host: 127.0.0.1:<listener port>",
-    "http-1.0-without-host": "the app gets Host and X-Forwarded-Host `127.0.0.1:<listener port>` through lean, "
-    "`127.0.0.1` through aiohttp",
-    "upgrade-h2c-with-body": "lean answers nothing and closes on a POST with `Connection: Upgrade`, `Upgrade: "
-    "h2c` and a Content-Length body followed by a second request; aiohttp ignores the upgrade and serves both",
-}
+# Cases the lean engine fails (none as of main 1ebb30a). Strict: a fixed case fails until it is taken off.
+KNOWN_LEAN_FAILURES: dict[str, str] = {}
 # Failing some of the time (a race), so not strict.
-KNOWN_LEAN_RACES: dict[str, str] = {
-    "duplicate-user-agent-pipelined-chunked": "the app (aiohttp) refuses the duplicate User-Agent with 400 and "
-    "closes while lean still sends the chunked body: lean then answers 502 `the app closed the connection` "
-    "instead of the app's 400 (the aiohttp engine refuses the duplicate itself)",
-}
+KNOWN_LEAN_RACES: dict[str, str] = {}
 
 
 # --- fixtures ----------------------------------------------------------------------------------------------
@@ -499,14 +504,15 @@ def test_both_engines_answer_alike_and_the_lean_one_refuses_ambiguous_framing(
     assert lean.answer.well_formed(), "lean answer is not well-formed HTTP" + detail
     assert all(s < 500 for s in lean.answer.statuses), "lean answered 5xx" + detail
     assert "/public/smuggled" not in lean.paths, "a smuggled request reached the app through lean" + detail
-    forwarded = {(r[0], r[1]) for r in old.reached}
-    assert {(r[0], r[1]) for r in lean.reached} <= forwarded, "lean forwarded what aiohttp refused" + detail
+    differs = LEAN_DIFFERS.get(case.id)
+    if differs is None or not differs.forwards_more:
+        forwarded = {(r[0], r[1]) for r in old.reached}
+        assert {(r[0], r[1]) for r in lean.reached} <= forwarded, "lean forwarded what aiohttp refused" + detail
 
     if case.id in MUST_REFUSE:
         assert lean.answer.statuses == [400], "lean must refuse ambiguous framing with one 400" + detail
         assert lean.reached == [], "ambiguous framing reached the app through lean" + detail
         assert lean.answer.closed, "lean must close the connection after refusing a framing" + detail
-    differs = LEAN_DIFFERS.get(case.id)
     if differs is not None:
         assert (lean.answer.statuses, lean.paths) == (differs.statuses, differs.paths), differs.why + detail
         if (differs.statuses, differs.paths) == REFUSED:
