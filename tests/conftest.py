@@ -194,7 +194,7 @@ from sidecar.connlimits import ConnLimits  # noqa: E402
 from sidecar.guard import counting  # noqa: E402
 
 TEST_ENGINE_ENV = "SIDECAR_TEST_ENGINE"
-DEFAULT_TEST_ENGINE = "aiohttp"  # the integrator flips this to "lean" once sidecar/http/ is on main
+DEFAULT_TEST_ENGINE = "lean"  # the default proxy engine; scripts/test.sh reruns some suites on aiohttp
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -400,8 +400,7 @@ class Differs:
     statuses: list[int]
     paths: list[str]
     why: str  # and what the aiohttp engine does
-    # lean forwards a request aiohttp did not: allowed only where aiohttp refused a later request in the same
-    # read and dropped the earlier, well-framed one with it (docs/security-framing.md, "Pipelining")
+    # the lean engine forwards a complete request that came before bytes aiohttp refused the whole read for
     forwards_more: bool = False
 
 
@@ -409,14 +408,13 @@ REFUSED = ([400], [])
 # The only differences allowed between the engines, each with the lean engine's exact outcome. An entry whose
 # lean outcome is a refusal must still differ from aiohttp's (a stale entry fails), so the list stays true.
 LEAN_DIFFERS: dict[str, Differs] = {
+    # blanks around a Content-Length: RFC 9110 trims them, the lean engine refuses any length that is not
+    # digits alone (as it refuses anything around `chunked`): no reader is trusted to trim alike
+    "cl-surrounding-whitespace": Differs(*REFUSED, "aiohttp: 200, reads Content-Length 5"),
     # RFC 9110 strips the trailing OWS, so aiohttp reads plain `chunked`: 200, the app gets an empty body
     "te-chunked-trailing-space": Differs(*REFUSED, "aiohttp: 200, reads plain chunked"),
     # aiohttp ignores an empty Transfer-Encoding and frames by Content-Length: the next request is served
     "te-empty": Differs(*REFUSED, "aiohttp: 200, 200; the app gets /public/first and /public/smuggled"),
-    # blanks around the digits: aiohttp strips them (RFC 9110 OWS) and reads 5; lean refuses any blank
-    "cl-surrounding-whitespace": Differs(*REFUSED, "aiohttp: 200, the app gets the 5-byte body"),
-    # llhttp reads no body after an upgrade request, so lean refuses one with a body; aiohttp ignores h2c
-    "upgrade-h2c-with-body": Differs(*REFUSED, "aiohttp: 200, 200; the app gets /public/first and /public/second"),
     # targets that are not a path: aiohttp's own router answers (no route matches `*` or an authority);
     # the lean engine hands them to the sidecar's decision, which refuses them as not an absolute path
     "target-options-asterisk": Differs(*REFUSED, "aiohttp: 404 from its router, not the sidecar"),
@@ -430,22 +428,21 @@ LEAN_DIFFERS: dict[str, Differs] = {
     "limits-pipelined-then-oversized-head": Differs(
         [200, 200, 200, 431], ["/public/ok"] * 3, "aiohttp: 200 for the first only, then a close"
     ),
-    # bytes after a request that ends the connection: lean answers it and never reads them (RFC 9112 9.6);
-    # aiohttp's parser refuses the whole read (`Data after Connection: close`) and forwards nothing
-    "pipelined-after-connection-close": Differs(
-        [200], ["/public/first"], "aiohttp: 400 for the read, nothing forwarded", forwards_more=True
-    ),
-    "pipelined-after-http-1.0": Differs(
-        [200], ["/public/first"], "aiohttp: 400 for the read, nothing forwarded", forwards_more=True
-    ),
-    # a body read by its Content-Length (10 bytes: `helloGET /p`), as the app would read it, then a 400 for
-    # the rest; aiohttp refuses the whole read and forwards nothing
-    "pipelined-after-unfinished-body": Differs(
-        [200, 400], ["/public/first"], "aiohttp: 400 for the read, nothing forwarded", forwards_more=True
-    ),
+    # bytes after a request that closes the connection: lean answers that request and never reads the rest
+    # (RFC 9112 §9.6); aiohttp refuses the whole read with 400 ("data after Connection: close")
+    "pipelined-after-connection-close": Differs([200], ["/public/first"], "aiohttp: 400, nothing forwarded", True),
+    "pipelined-after-http-1.0": Differs([200], ["/public/first"], "aiohttp: 400, nothing forwarded", True),
+    # a body read by its Content-Length, as the app reads it: the 10 bytes `helloGET /p` are the body, and
+    # what follows does not parse (400); aiohttp refuses the whole read
+    "pipelined-after-unfinished-body": Differs([200, 400], ["/public/first"], "aiohttp: 400, nothing forwarded", True),
+    # llhttp reads no body after an upgrade request: lean refuses an upgrade with a body; aiohttp ignores the
+    # upgrade and serves both requests
+    "upgrade-h2c-with-body": Differs(*REFUSED, "aiohttp: 200, 200"),
 }
 
-# Cases the lean engine fails (none as of main 1ebb30a). Strict: a fixed case fails until it is taken off.
+# Cases the lean engine fails (none on main 1bc6040). Strict: a fixed case fails until it is taken off this
+# list. Each says what lean does; the integrator decides whether lean changes or the expectation moves to
+# LEAN_DIFFERS.
 KNOWN_LEAN_FAILURES: dict[str, str] = {}
 # Failing some of the time (a race), so not strict.
 KNOWN_LEAN_RACES: dict[str, str] = {}
@@ -504,9 +501,9 @@ def test_both_engines_answer_alike_and_the_lean_one_refuses_ambiguous_framing(
     assert lean.answer.well_formed(), "lean answer is not well-formed HTTP" + detail
     assert all(s < 500 for s in lean.answer.statuses), "lean answered 5xx" + detail
     assert "/public/smuggled" not in lean.paths, "a smuggled request reached the app through lean" + detail
+    forwarded = {(r[0], r[1]) for r in old.reached}
     differs = LEAN_DIFFERS.get(case.id)
     if differs is None or not differs.forwards_more:
-        forwarded = {(r[0], r[1]) for r in old.reached}
         assert {(r[0], r[1]) for r in lean.reached} <= forwarded, "lean forwarded what aiohttp refused" + detail
 
     if case.id in MUST_REFUSE:

@@ -239,7 +239,7 @@ async def test_expect_100_continue_is_answered_only_once_the_token_is_accepted(
     answer = await exchange(sc.port, head, b"hello", pause=0.2)
     assert statuses(answer) == [100, 200]
     assert upstream.record[0]["body"] == b"hello"
-    assert "Expect" not in dict(upstream.record[0]["headers"])
+    assert dict(upstream.record[0]["headers"])["Expect"] == "100-continue"  # as the aiohttp engine forwards it
     no_token = b"POST /api/up HTTP/1.1\r\nHost: app\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
     refused = await exchange(sc.port, no_token)
     assert statuses(refused) == [401]
@@ -452,3 +452,11 @@ async def test_a_websocket_is_piped_and_closed_with_1008_when_its_token_expires(
             break
         await asyncio.sleep(0.01)
     assert sc.metric("sidecar_websocket_sessions_total", end="token_expired") == 1
+
+
+async def test_a_reason_phrase_with_control_bytes_is_not_relayed(start: Start, raw_app: Any) -> None:
+    # found by the response fuzz (tests/test_http_fuzz.py): llhttp lets a NUL through in the phrase
+    app = await raw_app(lambda c, n: b"HTTP/1.1 200 \x00OK\r\nContent-Length: 2\r\n\r\nok")
+    sc = await start(app.url)
+    answer = await exchange(sc.port, get("/public/a", None, "Connection: close"))
+    assert answer.startswith(b"HTTP/1.1 200 \r\n") and b"\x00" not in answer

@@ -224,10 +224,8 @@ def _dechunk(data: bytes, pos: int) -> tuple[bytes, int, str | None]:
 # Framing and connection management between the sidecar and the app are each engine's own business: the
 # aiohttp client streams a request body chunked, a hand-written forwarder may keep the client's length; the
 # body itself is compared instead. aiohttp's client also adds `Accept: */*` when the client sent no Accept.
-# `Expect: 100-continue` is met by the engine (lean answers the 100 itself and sends the app the whole body)
-# or passed on (aiohttp); the client's answers, 100 included, are compared instead.
 _ENGINE_OWN = {"content-length", "transfer-encoding", "connection", "keep-alive"}
-_ENGINE_OWN_PAIRS = {("accept", "*/*"), ("expect", "100-continue")}
+_ENGINE_OWN_PAIRS = {("accept", "*/*")}
 
 
 def received(record: dict[str, Any]) -> tuple[str, str, tuple[tuple[str, str], ...], bytes]:

@@ -366,8 +366,7 @@ class ClientConn(asyncio.Protocol):
                 await self._websocket(ex, a, s)
                 return
             if ex.version == "1.1" and not ex.complete and headers.get("Expect", "").lower() == "100-continue":
-                a.headers.popall("Expect", None)  # answered here: the app gets the body without waiting
-                self._write(_CONTINUE)
+                self._write(_CONTINUE)  # the app's own 100, if it sends one, is not relayed (upstream.py)
             await self._forward(ex, a, cors_extra, s)
         except errors.Rejection as r:
             if s.cfg.route_metrics and r.route:

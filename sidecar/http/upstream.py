@@ -11,6 +11,7 @@ reading from the app, and an app that reads slowly pauses the client's body.
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from dataclasses import dataclass
 from typing import Final, cast
@@ -24,6 +25,7 @@ from sidecar.http.framing import FramingError, framing
 from sidecar.metrics import Metrics
 
 _HOP: Final = frozenset(h.encode() for h in HOP_BY_HOP)
+_PHRASE: Final = re.compile(rb"[\t\x20-\x7e]*")  # RFC 9112 §4: reason-phrase is HTAB, SP and visible ASCII
 _NO_BODY_STATUS: Final = (204, 304)
 _IDLE_SECONDS: Final = 30.0  # a pooled connection unused this long is closed rather than reused
 _MAX_IDLE: Final = 256  # pooled connections kept per worker
@@ -153,6 +155,8 @@ class UpstreamConn(asyncio.Protocol):
         reply.status = status
         reply.head_at = self.pool.loop.time()
         no_body = reply.method == "HEAD" or status in _NO_BODY_STATUS or status == 101
+        if not _PHRASE.fullmatch(reason):
+            reason = b""  # a phrase with controls (llhttp lets NUL through there) is dropped, not relayed
         out = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
         if status == 101:
             out.extend(b"%s: %s\r\n" % pair for pair in headers)  # the handshake's headers are the tunnel's
