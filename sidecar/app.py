@@ -32,7 +32,7 @@ from sidecar.connlimits import ConnLimits
 from sidecar.cors import CorsPolicy
 from sidecar.decision import decision_app
 from sidecar.gate import admit, is_websocket
-from sidecar.guard import GuardedRunner, counting
+from sidecar.guard import GuardedRunner, OnClose, counting
 from sidecar.headers import GRACE_SUFFIX, REPORT_SUFFIX, HeaderPolicy
 from sidecar.http.server import LeanServer
 from sidecar.keys.channel import LocalChannel, SocketChannel, line_limit
@@ -292,6 +292,22 @@ async def _pods_first_keys(s: Sidecar) -> None:
                 await asyncio.sleep(0.02)
 
 
+def _guarded(app: web.Application, cfg: Config, limits: ConnLimits, closed: OnClose) -> GuardedRunner:
+    """An aiohttp listener for requests (the aiohttp proxy engine, the decision endpoint), guarded."""
+    return GuardedRunner(
+        app,
+        limits,
+        closed,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=cfg.limits.drain_timeout,
+        # The guard refuses longer lines (414/431) before the parser sees them; these bound chunked trailers.
+        max_field_size=cfg.limits.max_header_bytes,
+        max_line_size=cfg.limits.max_header_bytes,
+        max_headers=cfg.limits.max_headers,
+    )
+
+
 async def run_until_signal(
     state: Sidecar,
     stop: asyncio.Event | None = None,
@@ -318,18 +334,7 @@ async def run_until_signal(
     lean: LeanServer | None = None
     proxy_runner: GuardedRunner | None = None
     if cfg.proxy_engine == "aiohttp":
-        proxy_runner = GuardedRunner(
-            proxy_app(state),
-            limits,
-            closed,
-            access_log=None,
-            handle_signals=False,
-            shutdown_timeout=cfg.limits.drain_timeout,
-            # The guard refuses longer lines (414/431) before the parser sees them; these bound chunked trailers.
-            max_field_size=cfg.limits.max_header_bytes,
-            max_line_size=cfg.limits.max_header_bytes,
-            max_headers=cfg.limits.max_headers,
-        )
+        proxy_runner = _guarded(proxy_app(state), cfg, limits, closed)
         await proxy_runner.setup()
     admin_host, admin_port = _split(cfg.admin_listen)
     host, port = _split(cfg.listen)
@@ -341,17 +346,7 @@ async def run_until_signal(
         proxy = lean.app
     decision_runner = None
     if cfg.decision is not None:
-        decision_runner = GuardedRunner(
-            decision_app(state, STATE),
-            limits,
-            closed,
-            access_log=None,
-            handle_signals=False,
-            shutdown_timeout=cfg.limits.drain_timeout,
-            max_field_size=cfg.limits.max_header_bytes,
-            max_line_size=cfg.limits.max_header_bytes,
-            max_headers=cfg.limits.max_headers,
-        )
+        decision_runner = _guarded(decision_app(state, STATE), cfg, limits, closed)
         await decision_runner.setup()
         d_host, d_port = _split(cfg.decision.listen)
         await web.TCPSite(decision_runner, d_host, d_port, reuse_address=True, reuse_port=reuse_port).start()

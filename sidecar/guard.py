@@ -52,15 +52,50 @@ def answer(status: int, reason: str, description: str) -> bytes:
     return head.encode() + body
 
 
+class ConnTimer:
+    """A connection's one timer, for either engine: at the guard's deadline if one is due, else within the
+    guard's period. It is moved only to fire earlier; firing early, the owner's callback re-arms it."""
+
+    __slots__ = ("_at", "_fire", "_handle", "_loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fire: Callable[[], None]) -> None:
+        self._loop = loop
+        self._fire = fire
+        self._handle: asyncio.TimerHandle | None = None
+        self._at = 0.0
+
+    def arm(self, guard: ConnGuard) -> None:
+        when = guard.deadline if guard.deadline is not None else self._loop.time() + guard.period
+        if self._handle is not None:
+            if self._at <= when:
+                return  # fires early and re-arms itself
+            self._handle.cancel()
+        self._at = when
+        self._handle = self._loop.call_at(when, self._fired)
+
+    def _fired(self) -> None:
+        self._handle = None
+        self._fire()
+
+    def linger(self, then: Callable[[], None]) -> None:
+        """After an answer that closes: `then` once the client had _LINGER_SECONDS to read it."""
+        self.cancel()
+        self._handle = self._loop.call_later(_LINGER_SECONDS, then)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 class GuardedHandler(RequestHandler):
-    __slots__ = ("_body_payload", "_guard", "_guarding", "_held", "_on_close", "_timer", "_timer_at")
+    __slots__ = ("_body_payload", "_guard", "_guarding", "_held", "_on_close", "_timer")
 
     def __init__(self, manager: Server, limits: ConnLimits, on_close: OnClose, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._guard = ConnGuard(limits, self._loop.time())
         self._on_close = on_close
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0
+        self._timer = ConnTimer(self._loop, self._expire)
         self._held = b""  # bytes read but not yet shown to the parser (its message queue is full)
         self._guarding = True  # off once the connection is upgraded (WebSocket): its frames are not HTTP
         self._body_payload: Any = None  # the payload of a body of unknown length being read
@@ -72,9 +107,7 @@ class GuardedHandler(RequestHandler):
         self._arm()
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
         super().connection_lost(exc)
 
     def log_access(self, request: BaseRequest, response: StreamResponse, time: float | None) -> None:
@@ -221,31 +254,18 @@ class GuardedHandler(RequestHandler):
         self.close()  # from here on aiohttp drops what arrives
         if t.can_write_eof():
             t.write_eof()
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self._loop.call_later(_LINGER_SECONDS, self.force_close)
+        self._timer.linger(self.force_close)
 
     def _stop_guarding(self) -> None:
         self._guarding = False
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
 
     def _arm(self) -> None:
-        """Keep one timer pending, at the deadline if one is due, else within the guard's period."""
         if self.transport is None or self._close:
             return
-        g = self._guard
-        when = g.deadline if g.deadline is not None else self._loop.time() + g.period
-        if self._timer is not None:
-            if self._timer_at <= when:
-                return  # fires early and re-arms itself
-            self._timer.cancel()
-        self._timer_at = when
-        self._timer = self._loop.call_at(when, self._expire)
+        self._timer.arm(self._guard)
 
     def _expire(self) -> None:
-        self._timer = None
         if not self._guarding or self._force_close or self._close or self.transport is None:
             return
         now = self._loop.time()

@@ -36,7 +36,7 @@ _SETTLE = 0.1  # seconds between seeing a change and reading the file
 
 # Bound once by the process: sockets, the worker processes, the connection guard and the upstream session
 # (`limits`), and the watcher itself. `jwks.max_bytes` also sizes the keys socket's lines (see `pinned`).
-RESTART_KEYS = ("listen", "admin_listen", "workers", "decision", "limits", "reload", "reload_interval")
+RESTART_KEYS = ("listen", "admin_listen", "workers", "decision", "limits", "reload", "reload_interval", "proxy_engine")
 
 
 class Refused(Exception):

@@ -59,3 +59,11 @@ def test_close_frames_carry_1008_and_the_reason_masked_only_towards_the_app() ->
     mask, body = to_app[2:6], to_app[6:]
     plain = bytes(b ^ mask[i % 4] for i, b in enumerate(body))
     assert struct.unpack("!H", plain[:2])[0] == 1008 and plain[2:] == b"token expired"
+
+
+def test_the_cursor_notices_a_close_frame_so_the_session_ends_as_its_sender_chose() -> None:
+    c = FrameCursor()
+    c.feed(frame(b"hi") + frame(b"", opcode=0x9))  # a text and a ping
+    assert not c.closed
+    c.feed(frame(struct.pack("!H", 1000), masked=True, opcode=0x8))
+    assert c.closed and c.at_boundary

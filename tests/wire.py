@@ -17,7 +17,7 @@ from typing import Any
 
 from sidecar.devtools.issuer import DevIssuer
 from tests.conftest import Upstream, sidecar_args
-from tests.support import SidecarProcess
+from tests.support import Reply, SidecarProcess
 
 _STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([1-5][0-9]{2})(?: [\t -~\x80-\xff]*)?")
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -28,17 +28,7 @@ CUT_CHUNKED = "chunked body cut short by the close"
 CUT_LENGTH = "body shorter than its Content-Length at the close"
 
 
-@dataclass
-class Response:
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
-
-    def header(self, name: str) -> str | None:
-        for k, v in self.headers:
-            if k.lower() == name.lower():
-                return v
-        return None
+Response = Reply  # one answer read off the wire: status, headers, body
 
 
 @dataclass

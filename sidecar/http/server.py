@@ -28,7 +28,7 @@ from sidecar import errors
 from sidecar.authorize import preflight
 from sidecar.connlimits import HEADER_TIMEOUT, ConnGuard, ConnLimits, HeadRefused
 from sidecar.gate import Admitted, admit, is_websocket
-from sidecar.guard import REJECTED, OnClose, answer
+from sidecar.guard import REJECTED, ConnTimer, OnClose, answer
 from sidecar.http.framing import NO_BODY, Framing, FramingError, framing, refusal
 from sidecar.http.tunnel import Tunnel
 from sidecar.http.upstream import Cut, Reply, UpstreamConn, UpstreamPool
@@ -41,7 +41,6 @@ log = logging.getLogger("sidecar.conn")
 
 _IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _HIGH: Final = 256 * 1024  # body bytes buffered from a client before its reading pauses
-_LINGER: Final = 1.0  # after a refusal: how long the client's remaining bytes are drained before closing
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _NO_QUERY: Final[MultiDictProxy[str]] = MultiDictProxy(MultiDict())
 
@@ -148,8 +147,7 @@ class ClientConn(asyncio.Protocol):
         self._closing = False  # no more requests on this connection
         self._pauses: set[str] = set()
         self._upstream: UpstreamConn | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0
+        self._timer = ConnTimer(self.loop, self._expire)
 
     # --- asyncio -----------------------------------------------------------------------------------
 
@@ -170,9 +168,7 @@ class ClientConn(asyncio.Protocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         self.transport = None
         self.server.conns.discard(self)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
         if self.tunnel is not None:
             self.tunnel.lost(self)
         ex = self._ex
@@ -443,9 +439,7 @@ class ClientConn(asyncio.Protocol):
             conn.release(False)
             return
         self._upstream = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
         expires_at = a.expires_at if s.cfg.websocket_close_on_expiry else None
         tunnel = Tunnel(self, conn, expires_at, s.clock, s.metrics, lambda: None)
         early, ex.early = ex.early, b""
@@ -514,9 +508,7 @@ class ClientConn(asyncio.Protocol):
             return
         if t.can_write_eof():
             t.write_eof()
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self.loop.call_later(_LINGER, self.abort)
+        self._timer.linger(self.abort)
 
     def abort(self) -> None:
         if self.transport is not None:
@@ -525,20 +517,10 @@ class ClientConn(asyncio.Protocol):
     # --- time ----------------------------------------------------------------------------------------
 
     def _arm(self) -> None:
-        """Keep one timer pending, at the deadline if one is due, else within the guard's period."""
-        if self.transport is None or self._closing:
-            return
-        g = self.guard
-        when = g.deadline if g.deadline is not None else self.loop.time() + g.period
-        if self._timer is not None:
-            if self._timer_at <= when:
-                return  # fires early and re-arms itself
-            self._timer.cancel()
-        self._timer_at = when
-        self._timer = self.loop.call_at(when, self._expire)
+        if self.transport is not None and not self._closing:
+            self._timer.arm(self.guard)
 
     def _expire(self) -> None:
-        self._timer = None
         if self.transport is None or self._closing or self.tunnel is not None:
             return
         now = self.loop.time()

@@ -18,6 +18,7 @@ from sidecar.clock import Clock
 from sidecar.metrics import Metrics
 
 POLICY_VIOLATION = 1008
+_CLOSE = 0x8  # the close frame's opcode
 _WATCHDOG = 1.0
 _LINGER = 1.0  # after both close frames: how long the peers get to answer before both connections close
 
@@ -25,11 +26,12 @@ _LINGER = 1.0  # after both close frames: how long the peers get to answer befor
 class FrameCursor:
     """Where the frames of one direction end, fed the bytes as they pass."""
 
-    __slots__ = ("_head", "_need")
+    __slots__ = ("_head", "_need", "closed")
 
     def __init__(self) -> None:
         self._head = b""  # the bytes of a frame header seen so far
         self._need = 0  # payload bytes still to pass in the current frame
+        self.closed = False  # a close frame went this way
 
     @property
     def at_boundary(self) -> bool:
@@ -56,6 +58,8 @@ class FrameCursor:
             pos += size - len(self._head)
             self._head = b""
             self._need = _payload_length(head)
+            if head[0] & 0x0F == _CLOSE:
+                self.closed = True
         return pos
 
 
@@ -113,6 +117,7 @@ class Tunnel:
         self._closing = False  # the token expired: close frames are due after the frames in progress
         self._sent_up = self._sent_down = False
         self._ended = False
+        self._first_close: str | None = None  # how the session ends, by the first close frame
         loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = loop.call_later(self._wait(), self._watch)
         client.tunnel_to(self)
@@ -141,6 +146,8 @@ class Tunnel:
             self._flush_closes(data, b"")
             return
         self._up.feed(data)
+        if self._up.closed and self._first_close is None:
+            self._first_close = "client_closed"
         _write(self.app, data)
 
     def from_app(self, data: bytes) -> None:
@@ -148,6 +155,8 @@ class Tunnel:
             self._flush_closes(b"", data)
             return
         self._down.feed(data)
+        if self._down.closed and self._first_close is None:
+            self._first_close = "app_closed"
         _write(self.client, data)
 
     def _flush_closes(self, up: bytes, down: bytes) -> None:
@@ -168,8 +177,14 @@ class Tunnel:
             self._timer = asyncio.get_running_loop().call_later(_LINGER, self._end, "token_expired")
 
     def lost(self, side: Side) -> None:
-        """One end's connection ended: close the other."""
-        end = "token_expired" if self._closing else "client_closed" if side is self.client else "app_closed"
+        """One end's connection ended: close the other. The session ended as whoever sent the first close
+        frame chose (the other end may well drop its connection first), or as the dropped end did."""
+        if self._closing:
+            end = "token_expired"
+        elif self._first_close is not None:
+            end = self._first_close
+        else:
+            end = "client_closed" if side is self.client else "app_closed"
         self._end(end)
 
     def _end(self, how: str) -> None:

@@ -259,7 +259,10 @@ class UpstreamConn(asyncio.Protocol):
         if self._out and self.reply is not None:
             client = self.reply.client
             if not client.is_closing():
-                client.write(b"".join(self._out) if len(self._out) > 1 else self._out[0])
+                if len(self._out) == 1:
+                    client.write(self._out[0])
+                else:
+                    client.writelines(self._out)  # one vectored write: the body's bytes are not copied
             self._out.clear()
 
     def _end(self, failure: BaseException | None) -> None:
