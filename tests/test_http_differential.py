@@ -380,6 +380,15 @@ MUST_REFUSE = {
     "chunk-ext-bare-lf",
     "chunk-ext-bare-cr",
     "last-chunk-bare-lf",
+    "cl-surrounding-whitespace",  # blanks around the digits (docs/security-framing.md)
+    "upgrade-h2c-with-body",  # llhttp reads no body after an upgrade request
+    # singleton fields twice (aiohttp's list), refused by both engines
+    "duplicate-user-agent",
+    "duplicate-user-agent-chunked-body",
+    "duplicate-content-type-cl-body",
+    "duplicate-user-agent-pipelined-chunked",
+    "http-1.1-without-host",
+    "http-1.1-two-hosts",
 }
 assert {c.id for c in CASES} >= MUST_REFUSE, MUST_REFUSE - {c.id for c in CASES}
 
@@ -431,16 +440,12 @@ LEAN_DIFFERS: dict[str, Differs] = {
     "upgrade-h2c-with-body": Differs(*REFUSED, "aiohttp: 200, 200"),
 }
 
-# Cases the lean engine fails (found by this file's last run against it, 2026-12-03, main 2d69a06/fc13b8e).
-# Strict: a fixed case fails until it is taken off this list. Each says what lean does; the integrator
-# decides whether lean changes or the expectation moves to LEAN_DIFFERS.
+# Cases the lean engine fails (none on main 1bc6040). Strict: a fixed case fails until it is taken off this
+# list. Each says what lean does; the integrator decides whether lean changes or the expectation moves to
+# LEAN_DIFFERS.
 KNOWN_LEAN_FAILURES: dict[str, str] = {}
 # Failing some of the time (a race), so not strict.
-KNOWN_LEAN_RACES: dict[str, str] = {
-    "duplicate-user-agent-pipelined-chunked": "the app (aiohttp) refuses the duplicate User-Agent with 400 and "
-    "closes while lean still sends the chunked body: lean then answers 502 `the app closed the connection` "
-    "instead of the app's 400 (the aiohttp engine refuses the duplicate itself)",
-}
+KNOWN_LEAN_RACES: dict[str, str] = {}
 
 
 # --- fixtures ----------------------------------------------------------------------------------------------

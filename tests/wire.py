@@ -215,12 +215,13 @@ def _dechunk(data: bytes, pos: int) -> tuple[bytes, int, str | None]:
 # aiohttp client streams a request body chunked, a hand-written forwarder may keep the client's length; the
 # body itself is compared instead. aiohttp's client also adds `Accept: */*` when the client sent no Accept.
 _ENGINE_OWN = {"content-length", "transfer-encoding", "connection", "keep-alive"}
+_ENGINE_OWN_PAIRS = {("accept", "*/*")}
 
 
 def received(record: dict[str, Any]) -> tuple[str, str, tuple[tuple[str, str], ...], bytes]:
     """(method, target, headers, body) of one request the app got, minus what legitimately differs."""
     pairs = [(n.lower(), v) for n, v in record["headers"] if n.lower() not in _ENGINE_OWN]
-    pairs = [(n, v) for n, v in pairs if (n, v) != ("accept", "*/*")]
+    pairs = [(n, v) for n, v in pairs if (n, v.lower()) not in _ENGINE_OWN_PAIRS]
     pairs.sort(key=lambda p: p[0])  # stable: same-named fields keep their order
     return record["method"], record["path"], tuple(pairs), record["body"]
 
