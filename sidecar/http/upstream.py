@@ -145,6 +145,8 @@ class UpstreamConn(asyncio.Protocol):
         status = p.get_status_code()
         headers, self._headers = self._headers, []
         reason, self._reason = self._reason, b""
+        if not 100 <= status <= 599:
+            raise FramingError(f"status {status} is not an HTTP status")  # RFC 9110 §15: three digits, 1xx-5xx
         if 100 <= status < 200 and status != 101:
             self._info = True  # interim answers (100 Continue, 103) are the sidecar's business, not relayed
             return
