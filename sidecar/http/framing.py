@@ -39,6 +39,7 @@ class Framing:
 
 
 NO_BODY = Framing(None, False)
+CHUNKED = Framing(None, True)
 
 
 class FramingError(Exception):
@@ -63,6 +64,22 @@ _SINGLETONS: Final = frozenset(
 )
 _FRAMING: Final = frozenset({b"content-length", b"transfer-encoding"})
 _LENGTHS: Final = frozenset(len(n) for n in _SINGLETONS)
+
+
+def response_framing(lengths: list[bytes], codings: list[bytes], version: str) -> Framing:
+    """The app's answer, from its Content-Length and Transfer-Encoding values (upstream.py collects them in
+    the one pass it makes over the head): the same rules as for a request, bar the request-only ones."""
+    if version not in ("1.1", "1.0"):
+        raise FramingError(f"HTTP/{version} is not served")
+    if len(lengths) > 1 or len(codings) > 1:
+        raise FramingError("more than one Content-Length or Transfer-Encoding")
+    if lengths and not lengths[0].isdigit():
+        raise FramingError("a Content-Length that is not a number")
+    if codings and (codings[0].lower() != _CHUNKED or version == "1.0" or lengths):
+        raise FramingError("a Transfer-Encoding other than one `chunked`, or with a Content-Length")
+    if codings:
+        return CHUNKED
+    return Framing(int(lengths[0]), False) if lengths else NO_BODY
 
 
 def framing(headers: list[tuple[bytes, bytes]], version: str, is_request: bool, upgrade: bool = False) -> Framing:

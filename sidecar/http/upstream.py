@@ -21,7 +21,7 @@ import httptools
 
 from sidecar import errors
 from sidecar.headers import HOP_BY_HOP
-from sidecar.http.framing import FramingError, framing
+from sidecar.http.framing import NO_BODY, FramingError, response_framing
 from sidecar.metrics import Metrics
 
 _HOP: Final = frozenset(h.encode() for h in HOP_BY_HOP)
@@ -152,7 +152,6 @@ class UpstreamConn(asyncio.Protocol):
             return
         if status == 101 and not reply.websocket:
             raise FramingError("a 101 to a request that asked for no upgrade")
-        fr = framing(headers, p.get_http_version(), is_request=False)
         self._keep = p.should_keep_alive()  # llhttp forgets this once the message is complete
         reply.status = status
         reply.head_at = self.pool.loop.time()
@@ -161,16 +160,33 @@ class UpstreamConn(asyncio.Protocol):
             reason = b""  # a phrase with controls (llhttp lets NUL through there) is dropped, not relayed
         out = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
         if status == 101:
+            fr = NO_BODY
             out.extend(b"%s: %s\r\n" % pair for pair in headers)  # the handshake's headers are the tunnel's
         else:
+            # one pass: what the client gets, and the framing and `Connection` values, which it does not
+            kept: list[tuple[bytes, bytes]] = []
+            lengths: list[bytes] = []
+            codings: list[bytes] = []
+            named: set[bytes] | None = None
             dropped = self.pool.dropped
-            named = _connection_named(headers)
-            for name, value in headers:
+            for pair in headers:
+                name = pair[0]
                 drop = dropped.get(name)
                 if drop is None:
                     drop = dropped.remember(name)
-                if not drop and not (named and name.lower() in named):
-                    out.append(b"%s: %s\r\n" % (name, value))
+                if not drop:
+                    kept.append(pair)
+                elif len(name) == 14:  # the one dropped name of this length: Content-Length
+                    lengths.append(pair[1])
+                elif len(name) == 17:  # Transfer-Encoding, likewise
+                    codings.append(pair[1])
+                elif len(name) == 10 and name.lower() == b"connection":
+                    named = (named or set()) | {t.strip().lower() for t in pair[1].split(b",")}
+            fr = response_framing(lengths, codings, p.get_http_version())
+            if named and (named := named - _PLAIN_CONNECTION):
+                kept = [pair for pair in kept if pair[0].lower() not in named]
+            if kept:
+                out.append(b"\r\n".join(map(b": ".join, kept)) + b"\r\n")
         for extra_name, extra_value in reply.extra if status != 101 else ():
             out.append(f"{extra_name}: {extra_value}\r\n".encode("latin-1"))
         if fr.length is not None and status != 204:
@@ -304,15 +320,6 @@ class UpstreamConn(asyncio.Protocol):
 
 
 _PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close", b""})
-
-
-def _connection_named(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
-    """Names the app's `Connection` lists beyond `keep-alive` and `close` (hop-by-hop for this response)."""
-    named: set[bytes] = set()
-    for name, value in headers:
-        if len(name) == 10 and name.lower() == b"connection":
-            named.update(t.strip().lower() for t in value.split(b","))
-    return frozenset(named - _PLAIN_CONNECTION)
 
 
 class Dropped(dict[bytes, bool]):
