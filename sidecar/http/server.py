@@ -387,7 +387,7 @@ class ClientConn(asyncio.Protocol):
         assert self.transport is not None
         reply = Reply(self.transport, ex.method, ex.version == "1.0", ex.keep, extra)
         pool = self.server.pool
-        conn = await pool.acquire()
+        conn = pool.idle() or await pool.acquire(fresh=True)  # the usual case without a coroutine
         started = self.loop.time()
         while True:
             self._upstream = conn

@@ -350,16 +350,23 @@ class UpstreamPool:
         self._idle: list[UpstreamConn] = []
         self.dropped = Dropped()
 
-    async def acquire(self, fresh: bool = False) -> UpstreamConn:
+    def idle(self) -> UpstreamConn | None:
+        """A pooled connection, most recently used first, if one is still good."""
         now = self.loop.time()
-        while self._idle and not fresh:
+        while self._idle:
             conn = self._idle.pop()
             usable = conn.transport is not None and not conn.transport.is_closing()
             if usable and now - conn.idle_since < _IDLE_SECONDS:
                 conn.reused = True
                 return conn
             conn.close()
-        # in a task of its own: requests run without one (server.drive), and the timeout needs a task
+        return None
+
+    async def acquire(self, fresh: bool = False) -> UpstreamConn:
+        conn = None if fresh else self.idle()
+        if conn is not None:
+            return conn
+        # a new one in a task of its own: requests run without one (server.drive), and the timeout needs a task
         return await self.loop.create_task(self._connect())
 
     async def _connect(self) -> UpstreamConn:
