@@ -4,13 +4,16 @@ raw one for answers no well-behaved app gives), and what crosses each connection
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import copy
+import hashlib
 import json
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -460,3 +463,125 @@ async def test_a_reason_phrase_with_control_bytes_is_not_relayed(start: Start, r
     sc = await start(app.url)
     answer = await exchange(sc.port, get("/public/a", None, "Connection: close"))
     assert answer.startswith(b"HTTP/1.1 200 \r\n") and b"\x00" not in answer
+
+
+async def test_an_app_that_answers_before_reading_the_body_never_gets_that_connection_again(
+    start: Start,
+) -> None:
+    connections: list[int] = []
+
+    async def early(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                if head.startswith(b"POST"):
+                    writer.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n")  # body left unread
+                else:
+                    writer.write(OK)
+                await writer.drain()
+
+    server = await asyncio.start_server(early, "127.0.0.1", 0)
+    sc = await start(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    post = b"POST /public/up HTTP/1.1\r\nHost: app\r\nContent-Length: 200000\r\nConnection: close\r\n\r\n"
+    answer = await exchange(sc.port, post, b"x" * 200000, pause=0.2)
+    assert statuses(answer) == [413]
+    assert statuses(await exchange(sc.port, get("/public/next", None, "Connection: close"))) == [200]
+    server.close()
+    assert len(connections) == 2  # the connection with a partial body was closed, not pooled
+
+
+async def test_a_slow_app_pauses_reading_the_clients_body(start: Start) -> None:
+    release = asyncio.Event()
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        await release.wait()
+        await reader.readexactly(length)
+        writer.write(OK)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(slow, "127.0.0.1", 0)
+    sc = await start(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    size = 30_000_000
+    reader, writer = await asyncio.open_connection("127.0.0.1", sc.port)
+    writer.write(b"POST /public/up HTTP/1.1\r\nHost: app\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % size)
+    sending = asyncio.ensure_future(_send_all(writer, size))
+    for _ in range(200):
+        await asyncio.sleep(0.02)
+        conns = [c for c in sc.server.conns if c.transport is not None]
+        if conns and not conns[0].transport.is_reading():  # type: ignore[union-attr]
+            break
+    else:
+        raise AssertionError("the sidecar kept reading the client's body while the app read nothing")
+    release.set()
+    await sending
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    server.close()
+    assert statuses(answer) == [200]
+
+
+async def _send_all(writer: asyncio.StreamWriter, size: int) -> None:
+    chunk = b"y" * 65536
+    sent = 0
+    while sent < size:
+        part = chunk[: size - sent]
+        writer.write(part)
+        await writer.drain()
+        sent += len(part)
+
+
+async def test_at_expiry_the_app_gets_a_masked_close_frame_1008_too(issuer: DevIssuer, start: Start) -> None:
+    received = bytearray()
+    got_close = asyncio.Event()
+
+    async def ws_app(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        key = next(
+            line.split(b":", 1)[1].strip()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key")
+        )
+        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+        )
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                received.extend(data)
+                if len(received) >= 2 and received[0] == 0x88:
+                    got_close.set()
+        writer.close()
+
+    server = await asyncio.start_server(ws_app, "127.0.0.1", 0)
+    sc = await start(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", leeway=0, expired_grace=0)
+    token = issuer.mint(now=sc.clock.now(), ttl=60)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(f"http://127.0.0.1:{sc.port}/ws", headers={"Authorization": f"Bearer {token}"}) as ws,
+    ):
+        sc.clock.advance(61)
+        msg = await asyncio.wait_for(ws.receive(), 5)
+        assert msg.type == aiohttp.WSMsgType.CLOSE and ws.close_code == POLICY_VIOLATION
+    await asyncio.wait_for(got_close.wait(), 5)
+    server.close()
+    assert received[1] & 0x80  # masked, as a client's frame must be
+    mask, payload = received[2:6], received[6 : 6 + (received[1] & 0x7F)]
+    plain = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    assert plain[:2] == (1008).to_bytes(2, "big") and plain[2:] == b"token expired"
+
+
+def test_the_sidecar_runs_on_a_uvloop_loop_made_by_a_factory_not_by_uvloop_install() -> None:
+    from sidecar.app import run
+
+    async def loop_module() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    assert run(loop_module()).startswith("uvloop")
+    assert "uvloop.install(" not in (Path(__file__).parents[1] / "sidecar" / "app.py").read_text().replace(
+        "`uvloop.install()` is deprecated", ""
+    )
