@@ -211,8 +211,10 @@ def haproxy_conf(work: Path, port: int, upstream: str, pem: Path, issuer: str, a
   nbthread 1
   maxconn 4096
 
+# no `log` line anywhere: logging off
 defaults
   mode http
+  option http-keep-alive
   timeout connect 5s
   timeout client 60s
   timeout server 60s
@@ -419,6 +421,8 @@ def main() -> int:
             "no exp": first("no_exp"), "alg none": alg_none(good), "wrong aud": first("wrong_aud"),
             "wrong iss": first("wrong_iss"),
         }
+        bad = ", ".join(n for n in gate_tokens if n != "good")
+        notes.append(f"Gate (every proxy, before it is measured): the good token must get 200; {bad} must get 401.")
         token_files: dict[str, Path] = {}
         for name, src, n in (("warm", "ok", 10), ("cold", "cold", None)):
             token_files[name] = work / f"{name}.txt"
@@ -432,7 +436,7 @@ def main() -> int:
         def closed(row: Row) -> None:
             pid = pids[row.target]
             before = cpu_seconds(pid) if pid else 0.0
-            busy0 = core_busy()[PROXY_CPU]
+            busy0, t0 = core_busy()[PROXY_CPU], time.monotonic()
             if client == "wrk":
                 files = None if row.tokens == "none" else token_files[row.tokens]
                 r: dict[str, Any] = wrk_run(targets[row.target], files, row.tokens == "warm", a.vus, secs)
@@ -448,7 +452,7 @@ def main() -> int:
             # time for the proxy and adds nothing)
             r["cpu"] = cpu_seconds(pid) - before if pid else None
             # anything else that ran on the proxy's core (a neighbour on the VM) makes the row noisy
-            other = (core_busy()[PROXY_CPU] - busy0 - (r["cpu"] or 0.0)) / secs
+            other = (core_busy()[PROXY_CPU] - busy0 - (r["cpu"] or 0.0)) / (time.monotonic() - t0)
             r["notes"] = [f"other load on CPU {PROXY_CPU}: {other:.2f} cores"] if other > 0.05 else []
             if r["failed"]:
                 r["notes"].append(f"{r['failed']:.0f} failed")
