@@ -354,7 +354,7 @@ def main() -> int:
         procs.start("stack", CLIENT_CPU, [py, str(LOADTEST / "stack.py"), "--out-dir", str(work / "tokens"),
                                           "--info", str(info_file), "--cold", str(cold), "--uvloop",
                                           "--max-lifetime", "1800"])
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 600  # minting the cold set: ~1 ms a token
         while not info_file.exists():
             if time.monotonic() > deadline:
                 sys.exit("bench: dev stack did not start")
