@@ -85,6 +85,8 @@ def token_sets(issuer: DevIssuer, args: argparse.Namespace) -> dict[str, list[st
         ],
         # token68-clean strings that are not a JWS
         "malformed": [f"not-a-jwt-{i}" for i in range(n)] + ["a.b.c", "eyJhbGciOiJSUzI1NiJ9.e30"],
+        # signed by the published key but without `exp` (bench.py's gate: a proxy must refuse it)
+        "no_exp": [issuer.mint(sub=f"noexp-{i}", ttl=args.ttl, now=now, exp=None) for i in range(n)],
         # one unique valid token per request (the token cache never helps)
         "cold": [issuer.mint(sub=f"cold-{i}", ttl=args.ttl, now=now) for i in range(args.cold)],
     }
