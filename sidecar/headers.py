@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -47,7 +48,27 @@ def identity_key(name: str) -> str:
     return name.lower().replace("_", "-")
 
 
-_SEEN = 4096  # header names remembered per classifier: clients send the same few names again and again
+_SEEN = 4096  # names remembered per classifier: clients send the same few names again and again
+
+K = TypeVar("K", str, bytes)
+V = TypeVar("V")
+
+
+class Memo(dict[K, V]):
+    """`judge`'s answer per name, remembered (bounded): header and parameter names repeat on every request,
+    so a hit is one dict lookup. Past the bound it starts over; the names still in use come back at once."""
+
+    __slots__ = ("_judge",)
+
+    def __init__(self, judge: Callable[[K], V]) -> None:
+        super().__init__()
+        self._judge: Callable[[K], V] = judge
+
+    def __missing__(self, name: K) -> V:
+        if len(self) >= _SEEN:
+            self.clear()
+        answer = self[name] = self._judge(name)
+        return answer
 
 
 class NameList:
@@ -58,19 +79,14 @@ class NameList:
     def __init__(self, entries: tuple[str, ...] | list[str]) -> None:
         self._exact = frozenset(identity_key(e) for e in entries if not e.endswith("*"))
         self._prefixes = tuple(identity_key(e[:-1]) for e in entries if e.endswith("*"))
-        self._seen: dict[str, bool] = {}
+        self._seen: Memo[str, bool] = Memo(self._judge)
+
+    def _judge(self, name: str) -> bool:
+        key = identity_key(name)
+        return key in self._exact or key.startswith(self._prefixes)
 
     def __contains__(self, name: object) -> bool:
-        if not isinstance(name, str):
-            return False
-        hit = self._seen.get(name)
-        if hit is None:
-            key = identity_key(name)
-            hit = key in self._exact or key.startswith(self._prefixes)
-            if len(self._seen) >= _SEEN:
-                self._seen.clear()
-            self._seen[name] = hit
-        return hit
+        return isinstance(name, str) and self._seen[name]
 
 
 class HeaderPolicy:
@@ -88,7 +104,7 @@ class HeaderPolicy:
         self._dropped = NameList(foreign_identity)
         # a header the operator named as a token source is judged by the token rules, not dropped here
         self._exempt = frozenset(h.lower() for h in exempt)
-        self._seen: dict[str, bool] = {}  # header name -> always dropped (whatever `Connection` says)
+        self._seen: Memo[str, bool] = Memo(self._always_dropped)  # whatever `Connection` says
 
     @classmethod
     def from_config(cls, cfg: Config) -> HeaderPolicy:
@@ -110,13 +126,7 @@ class HeaderPolicy:
         seen = self._seen
         out: CIMultiDict[str] = CIMultiDict()
         for name, value in headers.items():
-            drop = seen.get(name)
-            if drop is None:
-                drop = self._always_dropped(name)
-                if len(seen) >= _SEEN:
-                    seen.clear()
-                seen[name] = drop
-            if drop or (named and name.lower() in named):
+            if seen[name] or (named and name.lower() in named):
                 continue
             out.add(name, value)
         return out

@@ -15,7 +15,7 @@ from multidict import CIMultiDictProxy
 
 from sidecar import errors
 from sidecar.headers import NameList
-from sidecar.scrub import Folds, fold_param
+from sidecar.scrub import fold_param, folds
 
 MAX_METHODS = 8  # distinct overrides judged per request; more is refused rather than judged rule by rule
 
@@ -33,7 +33,7 @@ class MethodOverride:
     def __init__(self, headers: tuple[str, ...], params: tuple[str, ...]) -> None:
         self._headers = NameList(headers)
         self._params = frozenset(fold_param(p) for p in params)
-        self._folds = Folds()
+        self._folds = folds()
 
     def is_param(self, name: str) -> bool:
         return self._folds[name] in self._params

@@ -16,7 +16,7 @@ from urllib.parse import unquote, unquote_plus
 
 from multidict import CIMultiDict
 
-from sidecar.headers import identity_key
+from sidecar.headers import Memo, identity_key
 
 if TYPE_CHECKING:
     from sidecar.config import Config
@@ -41,14 +41,9 @@ def fold_param(name: str, *, plus: bool = True, lower: bool = True) -> str:
     return n.replace(" ", "_").replace(".", "_")
 
 
-class Folds(dict[str, str]):
-    """`fold_param` remembered per name (bounded): the same few parameter names arrive again and again."""
-
-    def __missing__(self, name: str) -> str:
-        if len(self) >= 4096:
-            self.clear()
-        folded = self[name] = fold_param(name)
-        return folded
+def folds() -> Memo[str, str]:
+    """`fold_param` remembered per name: the same few parameter names arrive again and again."""
+    return Memo(fold_param)
 
 
 def auth_scheme(value: str) -> str | None:
@@ -87,7 +82,7 @@ class TokenForms:
         # folded names read as a token in a query string or a form body (formbody.py)
         self.params = frozenset({RFC6750_QUERY, *(fold_param(n) for kind, n in named if kind == "query")})
         self._passthrough = frozenset(s.lower() for s in passthrough)
-        self._folds = Folds()
+        self._folds = folds()
 
     @classmethod
     def from_config(cls, cfg: Config) -> TokenForms:

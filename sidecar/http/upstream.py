@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import httptools
 
 from sidecar import errors
-from sidecar.headers import HOP_BY_HOP
+from sidecar.headers import HOP_BY_HOP, Memo
 from sidecar.http.framing import NO_BODY, FramingError, response_framing
 from sidecar.metrics import Metrics
 
@@ -171,10 +171,7 @@ class UpstreamConn(asyncio.Protocol):
             dropped = self.pool.dropped
             for pair in headers:
                 name = pair[0]
-                drop = dropped.get(name)
-                if drop is None:
-                    drop = dropped.remember(name)
-                if not drop:
+                if not dropped[name]:
                     kept.append(pair)
                 elif len(name) == 14:  # the one dropped name of this length: Content-Length
                     lengths.append(pair[1])
@@ -322,17 +319,11 @@ class UpstreamConn(asyncio.Protocol):
 _PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close", b""})
 
 
-class Dropped(dict[bytes, bool]):
-    """Which response header names never reach the client (hop-by-hop, and Content-Length, which the
-    sidecar writes itself), remembered per name as sent: apps send the same few names again and again."""
-
-    def remember(self, name: bytes) -> bool:
-        low = name.lower()
-        drop = low in _HOP or low == b"content-length"
-        if len(self) >= 4096:
-            self.clear()
-        self[name] = drop
-        return drop
+def _dropped(name: bytes) -> bool:
+    """Response header names that never reach the client: hop-by-hop, and Content-Length, which the sidecar
+    writes itself (remembered per name as sent, in the pool's `dropped`)."""
+    low = name.lower()
+    return low in _HOP or low == b"content-length"
 
 
 class UpstreamPool:
@@ -348,7 +339,7 @@ class UpstreamPool:
         self.metrics = metrics
         self.loop = asyncio.get_running_loop()
         self._idle: list[UpstreamConn] = []
-        self.dropped = Dropped()
+        self.dropped: Memo[bytes, bool] = Memo(_dropped)
 
     def idle(self) -> UpstreamConn | None:
         """A pooled connection, most recently used first, if one is still good."""
