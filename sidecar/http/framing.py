@@ -62,64 +62,59 @@ _SINGLETONS: Final = frozenset(
         b"user-agent",
     }
 )
-_FRAMING: Final = frozenset({b"content-length", b"transfer-encoding"})
 _LENGTHS: Final = frozenset(len(n) for n in _SINGLETONS)
 
 
-def response_framing(lengths: list[bytes], codings: list[bytes], version: str) -> Framing:
-    """The app's answer, from its Content-Length and Transfer-Encoding values (upstream.py collects them in
-    the one pass it makes over the head): the same rules as for a request, bar the request-only ones."""
+def body_framing(lengths: list[bytes], codings: list[bytes], version: str) -> Framing:
+    """Where a message's body ends, from its Content-Length and Transfer-Encoding values: the rules every
+    message follows, a request's (framing) and the app's answer's (upstream.py collects those values in the
+    one pass it makes over the head)."""
     if version not in ("1.1", "1.0"):
         raise FramingError(f"HTTP/{version} is not served")
-    if len(lengths) > 1 or len(codings) > 1:
-        raise FramingError("more than one Content-Length or Transfer-Encoding")
+    if len(lengths) > 1:  # llhttp refuses this too: kept so no reader is trusted alone
+        raise FramingError("more than one Content-Length")
+    if len(codings) > 1:
+        raise FramingError("more than one Transfer-Encoding")
     if lengths and not lengths[0].isdigit():
         raise FramingError("a Content-Length that is not a number")
-    if codings and (codings[0].lower() != _CHUNKED or version == "1.0" or lengths):
-        raise FramingError("a Transfer-Encoding other than one `chunked`, or with a Content-Length")
-    if codings:
-        return CHUNKED
-    return Framing(int(lengths[0]), False) if lengths else NO_BODY
+    if not codings:
+        return Framing(int(lengths[0]), False) if lengths else NO_BODY
+    # exactly `chunked`: a reader that trims no blanks, or stops at a comma, frames otherwise
+    if codings[0].lower() != _CHUNKED:
+        raise FramingError("a Transfer-Encoding other than one `chunked`")
+    if version == "1.0":
+        raise FramingError("Transfer-Encoding in an HTTP/1.0 message")
+    if lengths:
+        raise FramingError("both Content-Length and Transfer-Encoding")
+    return CHUNKED
 
 
 def framing(headers: list[tuple[bytes, bytes]], version: str, is_request: bool, upgrade: bool = False) -> Framing:
     """The one reading of a message's framing headers (already vetted by llhttp), or FramingError.
     `upgrade`: llhttp stops reading at this request (it asked to switch protocols)."""
-    if version not in ("1.1", "1.0"):
-        raise FramingError(f"HTTP/{version} is not served")
-    length: int | None = None
-    chunked = False
+    lengths: list[bytes] = []
+    codings: list[bytes] = []
     seen: set[bytes] = set()
     for name, value in headers:
         if len(name) not in _LENGTHS:
             continue  # most names: one length test instead of lowering each
         low = name.lower()
-        # the app's answers: only their framing (a second Server or Content-Type is the app's own business)
-        if low in _SINGLETONS and (is_request or low in _FRAMING):
+        if low == b"content-length":
+            lengths.append(value)
+        elif low == b"transfer-encoding":
+            codings.append(value)
+        elif is_request and low in _SINGLETONS:
+            # the app's answers: only their framing (a second Server or Content-Type is the app's business)
             if low in seen:
                 raise FramingError(f"more than one {name.decode('latin-1')}")
             seen.add(low)
-            if low == b"content-length":
-                if not value.isdigit():  # llhttp admits only digits too: kept so no reader is trusted alone
-                    raise FramingError("a Content-Length that is not a number")
-                length = int(value)
-            elif low == b"transfer-encoding":
-                # exactly `chunked`: a reader that trims no blanks, or stops at a comma, frames otherwise
-                if value.lower() != _CHUNKED:
-                    raise FramingError("a Transfer-Encoding other than one `chunked`")
-                chunked = True
-    if chunked and version == "1.0":
-        raise FramingError("Transfer-Encoding in an HTTP/1.0 message")
-    if chunked and length is not None:
-        raise FramingError("both Content-Length and Transfer-Encoding")
+    fr = body_framing(lengths, codings, version)
     if is_request and version == "1.1" and b"host" not in seen:
         raise FramingError("an HTTP/1.1 request without Host")  # RFC 9112 §3.2
-    if length is None and not chunked:
-        return NO_BODY
-    if upgrade and (chunked or length):
+    if upgrade and fr.has_body:
         # llhttp reads no body after an upgrade request: the bytes would be read as the next message
         raise FramingError("a request that asks to upgrade with a body")
-    return Framing(length, chunked)
+    return fr
 
 
 def refusal(e: Exception) -> errors.BadRequest:

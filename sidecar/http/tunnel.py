@@ -16,8 +16,8 @@ from typing import Protocol
 
 from sidecar.clock import Clock
 from sidecar.metrics import Metrics
+from sidecar.websocket import POLICY_VIOLATION  # one close code for both engines
 
-POLICY_VIOLATION = 1008
 _CLOSE = 0x8  # the close frame's opcode
 _WATCHDOG = 1.0
 _LINGER = 1.0  # after both close frames: how long the peers get to answer before both connections close

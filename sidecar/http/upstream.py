@@ -21,7 +21,7 @@ import httptools
 
 from sidecar import errors
 from sidecar.headers import HOP_BY_HOP, Memo
-from sidecar.http.framing import NO_BODY, FramingError, response_framing
+from sidecar.http.framing import NO_BODY, FramingError, body_framing
 from sidecar.metrics import Metrics
 
 _HOP: Final = frozenset(h.encode() for h in HOP_BY_HOP)
@@ -179,7 +179,7 @@ class UpstreamConn(asyncio.Protocol):
                     codings.append(pair[1])
                 elif len(name) == 10 and name.lower() == b"connection":
                     named = (named or set()) | {t.strip().lower() for t in pair[1].split(b",")}
-            fr = response_framing(lengths, codings, p.get_http_version())
+            fr = body_framing(lengths, codings, p.get_http_version())
             if named and (named := named - _PLAIN_CONNECTION):
                 kept = [pair for pair in kept if pair[0].lower() not in named]
             if kept:
