@@ -52,8 +52,9 @@ async def authorize(
     """Allowed, or raises the `Rejection` that says why not. `also`: methods the app may act on instead
     (method overrides); the request must satisfy the route of each."""
     route = s.rules.route(method, canonical)
-    for other in also - {method}:
-        route = _stricter(route, s.rules.route(other, canonical))
+    for other in also:
+        if other != method:
+            route = _stricter(route, s.rules.route(other, canonical))
     try:
         return await _decide(s, route, headers, query, method)
     except errors.Rejection as r:
@@ -124,10 +125,12 @@ async def _verified(s: Sidecar, route: Route, token: str, source: str) -> Allowe
             what = "a token from another provider" if code == WRONG_PROVIDER else "other claim values"
             assert code in (CLAIM_MISMATCH, WRONG_PROVIDER)
             raise errors.ClaimMismatch(f"route {rule.name!r} needs {what}")
-    pairs = s.claim_headers
-    identity = tuple(
-        (pairs[i][0], value) for i in route.header_indices if (value := verified.claim_values[i]) is not None
-    )
+    identity: tuple[tuple[str, str], ...] = ()
+    if route.header_indices:
+        pairs = s.claim_headers
+        identity = tuple(
+            (pairs[i][0], value) for i in route.header_indices if (value := verified.claim_values[i]) is not None
+        )
     if grace is not None:
         s.metrics.grace_accepted.inc()
         identity = (*identity, (s.grace_header, str(int(grace))))

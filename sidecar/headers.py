@@ -88,6 +88,11 @@ class NameList:
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self._seen[name]
 
+    @property
+    def judged(self) -> Memo[str, bool]:
+        """Name -> listed, for a loop over every header of a request (a lookup instead of a call per name)."""
+        return self._seen
+
 
 class HeaderPolicy:
     """Which client headers are dropped before a request reaches the app. Built once from config."""

@@ -41,9 +41,9 @@ class MethodOverride:
     def methods(self, headers: CIMultiDictProxy[str], query: str, fields: tuple[str, ...] = ()) -> frozenset[str]:
         """Methods named by override headers, query parameters and (already read) form field values."""
         found: set[str] = set()
-        names = self._headers
+        listed = self._headers.judged
         for name, value in headers.items():
-            if name in names:
+            if listed[name]:
                 found.update(_methods(value))
         if query and self._params:
             # `;` too: Rack 2 and old Go and Python split on it

@@ -78,6 +78,7 @@ _LASTING: Final = (
     errors.InvalidClaim,
 )
 _REFUSALS = 4096  # distinct bad tokens remembered; a flood of distinct ones is bounded by the verify cost
+_RECENT = 1024  # token -> digest pairs kept: the tokens in use right now skip the hash
 
 
 class RefusalCache:
@@ -148,6 +149,10 @@ class Verifier:
         self._by_issuer = {p.issuer: i for i, p in enumerate(cfg.providers)}
         self._max_lifetime = tuple(p.max_token_lifetime for p in cfg.providers)
         self.refused = RefusalCache(metrics)
+        # Recent tokens' digests: a SHA-256 costs more than the rest of a cache hit. Bounded like the cache's
+        # unpacked entries (at most _RECENT tokens of up to limits.max_token_bytes each are held).
+        self._digests: dict[str, bytes] = {}
+        self._hits, self._misses = metrics.token_cache.labels("hit"), metrics.token_cache.labels("miss")
         algorithms = get_default_algorithms()
         self._algorithms: dict[str, Algorithm] = {a: algorithms[a] for a in ASYMMETRIC_ALGS}
 
@@ -188,17 +193,21 @@ class Verifier:
 
     async def verify(self, token: str) -> tuple[VerifiedToken, float | None]:
         """The verified token and its grace seconds (None unless accepted inside grace)."""
-        digest = hashlib.sha256(token.encode()).digest()
+        digest = self._digests.get(token)
+        if digest is None:
+            if len(self._digests) >= _RECENT:
+                self._digests.clear()
+            digest = self._digests[token] = hashlib.sha256(token.encode()).digest()
         hit = self.cache.get(digest)
         if hit is not None:
             pk = self.keys[hit.provider]
             # The exact key that verified it, not whatever key its kid (or its lack of one) names today.
             if pk.usable() and pk.keys.trusts(hit.key, self.clock.monotonic()):
-                self.metrics.token_cache.labels("hit").inc()
+                self._hits.inc()
                 return hit, self._timed(hit)
             self.cache.discard(digest)
         self.refused.check(digest, self.keys)
-        self.metrics.token_cache.labels("miss").inc()
+        self._misses.inc()
         try:
             entry = await self._verify_fully(token)
         except errors.Rejection as r:

@@ -28,7 +28,7 @@ from sidecar import errors
 _CHUNKED = b"chunked"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built for most messages, and a frozen init costs three times as much
 class Framing:
     length: int | None  # Content-Length, if the message has one
     chunked: bool

@@ -156,7 +156,7 @@ class UpstreamConn(asyncio.Protocol):
         reply.status = status
         reply.head_at = self.pool.loop.time()
         no_body = reply.method == "HEAD" or status in _NO_BODY_STATUS or status == 101
-        if not _PHRASE.fullmatch(reason):
+        if not self.pool.plain_phrase[reason]:
             reason = b""  # a phrase with controls (llhttp lets NUL through there) is dropped, not relayed
         out = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
         if status == 101:
@@ -177,7 +177,7 @@ class UpstreamConn(asyncio.Protocol):
                     lengths.append(pair[1])
                 elif len(name) == 17:  # Transfer-Encoding, likewise
                     codings.append(pair[1])
-                elif len(name) == 10 and name.lower() == b"connection":
+                elif len(name) == 10 and name.lower() == b"connection" and pair[1].lower() not in _PLAIN_CONNECTION:
                     named = (named or set()) | {t.strip().lower() for t in pair[1].split(b",")}
             fr = body_framing(lengths, codings, p.get_http_version())
             if named and (named := named - _PLAIN_CONNECTION):
@@ -326,6 +326,10 @@ def _dropped(name: bytes) -> bool:
     return low in _HOP or low == b"content-length"
 
 
+def _plain_phrase(reason: bytes) -> bool:
+    return _PHRASE.fullmatch(reason) is not None
+
+
 class UpstreamPool:
     """Keep-alive connections to the app, most recently used first."""
 
@@ -340,6 +344,7 @@ class UpstreamPool:
         self.loop = asyncio.get_running_loop()
         self._idle: list[UpstreamConn] = []
         self.dropped: Memo[bytes, bool] = Memo(_dropped)
+        self.plain_phrase: Memo[bytes, bool] = Memo(_plain_phrase)
 
     def idle(self) -> UpstreamConn | None:
         """A pooled connection, most recently used first, if one is still good."""
