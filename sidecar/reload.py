@@ -153,8 +153,9 @@ class Reloader:
         self._counts = counts
         self._gauge = gauge  # the keys process exports no gauges (sidecar.keys.process._no_gauges)
         self._hup = asyncio.Event()
-        path = source.path
-        self._seen = fingerprint(path) if path else None
+        # The file is looked at when the watcher starts (run), not here: it may have changed since `running`
+        # was read from it (a worker still starting when an edit lands), and that edit must not be missed.
+        self._seen: str | None = None
         if gauge:
             metrics.config_info.labels(self.loaded.hash).set(1)
 
@@ -163,6 +164,14 @@ class Reloader:
         self._hup.set()
 
     async def run(self) -> None:
+        path = self.source.path
+        if path is not None:
+            self._seen = fingerprint(path)
+            try:
+                if self._differs():
+                    await self.reload("file changed")
+            except Exception:  # the watcher outlives any one reload
+                log.exception("config reload failed", extra={"trigger": "file changed"})
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._hup.wait(), self.started_with.reload_interval)
@@ -179,6 +188,15 @@ class Reloader:
                     await self.reload(trigger)
                 except Exception:  # the watcher outlives any one reload
                     log.exception("config reload failed", extra={"trigger": trigger})
+
+    def _differs(self) -> bool:
+        """Does the file, as it is now, hold another config than the one this process runs?"""
+        try:
+            new = self.source.read()
+        except Refused:
+            return False  # broken now: the edit that mends it is seen as a change like any other
+        applied = pinned(self.started_with, new) if restart_needed(self.started_with, new) else new
+        return config_hash(applied) != self.loaded.hash
 
     async def reload(self, trigger: str) -> bool:
         try:

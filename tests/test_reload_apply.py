@@ -165,9 +165,12 @@ async def test_the_watcher_applies_a_changed_file_and_a_hangup(
     sc = await make_sidecar(fresh_issuer)
     path = tmp_path / "sidecar.yaml"
     path.write_text(yaml.safe_dump(raw_config(fresh_issuer, upstream)))
+    assert await reloader_for(sc, path).reload("test")  # the process now runs what the file says
     reloader = reloader_for(sc, path)
     task = asyncio.create_task(reloader.run())
     try:
+        await asyncio.sleep(0.1)  # the watcher's first look: the file holds the running config
+        assert sc.metric("sidecar_config_reloads_total", result="ok") == 1
         path.write_text(yaml.safe_dump(raw_config(fresh_issuer, upstream, leeway=7)))
         if trigger == "hangup":
             reloader.hangup()
@@ -176,8 +179,32 @@ async def test_the_watcher_applies_a_changed_file_and_a_hangup(
                 break
             await asyncio.sleep(0.05)
         assert sc.client.server.app[STATE].cfg.leeway == 7
-        assert sc.metric("sidecar_config_reloads_total", result="ok") == 1
+        assert sc.metric("sidecar_config_reloads_total", result="ok") == 2
         assert sc.metric("sidecar_config_info", hash=reloader.loaded.hash) == 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_an_edit_made_before_the_watcher_started_is_applied_at_its_first_look(
+    make_sidecar: MakeSidecar, fresh_issuer: DevIssuer, upstream: Upstream, tmp_path: Path
+) -> None:
+    # A worker reads the file at its start and sets up its watcher only once it listens: an edit landing in
+    # between used to become the watcher's baseline, and that worker ran the old config until the next edit.
+    sc = await make_sidecar(fresh_issuer)
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(yaml.safe_dump(raw_config(fresh_issuer, upstream)))
+    assert await reloader_for(sc, path).reload("test")
+    reloader = reloader_for(sc, path)  # built from the config as it was read...
+    path.write_text(yaml.safe_dump(raw_config(fresh_issuer, upstream, leeway=7)))  # ...then the edit lands
+    task = asyncio.create_task(reloader.run())
+    try:
+        for _ in range(20):  # well within one reload_interval (1 s): the first look, not the next poll
+            if sc.client.server.app[STATE].cfg.leeway == 7:
+                break
+            await asyncio.sleep(0.02)
+        assert sc.client.server.app[STATE].cfg.leeway == 7
+        assert sc.metric("sidecar_config_reloads_total", result="ok") == 2
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
