@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import jwt
 import pytest
 
+from sidecar import errors
+from sidecar import verify as verify_module
 from sidecar.devtools.issuer import DevIssuer
 from sidecar.rules import claim_value
 from sidecar.verify import render
@@ -282,6 +285,24 @@ async def test_a_genuine_expired_token_retried_in_a_loop_is_refused_from_the_cac
     assert sc.metric("sidecar_token_cache_lookups_total", result="miss") == 1
     assert sc.metric("sidecar_token_cache_lookups_total", result="hit") == 2
     assert sc.metric("sidecar_auth_failures_total", reason="expired") == 3
+
+
+async def test_recent_token_digests_are_remembered_within_a_bound_and_never_mix_tokens_up(
+    issuer: DevIssuer, make_sidecar: MakeSidecar
+) -> None:
+    # A SHA-256 of the token costs more than the rest of a cache hit, so recent tokens keep their digest;
+    # the list holds tokens, so it must stay bounded, and two tokens must never share an answer.
+    sc = await make_sidecar(issuer)
+    good, bad = issuer.mint(ttl=600), issuer.mint(ttl=600, aud="someone-else")
+    for _ in range(3):
+        assert await reason(sc, good) is None
+        assert await reason(sc, bad) == "audience_mismatch"
+    verifier = sc.state.verifier
+    for i in range(verify_module._RECENT + 10):
+        with contextlib.suppress(errors.Rejection):
+            await verifier.verify(f"a.b{i}.c")  # malformed: refused without a key, still hashed first
+    assert len(verifier._digests) <= verify_module._RECENT
+    assert await reason(sc, good) is None and await reason(sc, bad) == "audience_mismatch"
 
 
 # --- key identity in the cache, tokens without kid, max_token_lifetime (issues 9 and 15) ------------------
