@@ -64,7 +64,7 @@ def _b64(part: str, what: str) -> bytes:
     rem = len(part) % 4
     if rem == 1 or (rem and part[-1] not in _CANONICAL_LAST[rem]):
         raise Malformed(f"the {what} is not canonical base64url (RFC 7515 appendix C)")
-    # the alphabet was checked (parse): binascii alone, without base64's wrappers, on the verify path of every new token
+    # the alphabet was checked (parse): binascii alone, without base64's Python wrappers (every new token)
     return binascii.a2b_base64((part + "=" * (-len(part) % 4)).encode("ascii").translate(_URLSAFE))
 
 
