@@ -195,8 +195,17 @@ class Reloader:
             new = self.source.read()
         except Refused:
             return False  # broken now: the edit that mends it is seen as a change like any other
-        applied = pinned(self.started_with, new) if restart_needed(self.started_with, new) else new
-        return config_hash(applied) != self.loaded.hash
+        _, pending, digest = self._applied(new)
+        return not self._holds(digest, pending)
+
+    def _applied(self, new: Config) -> tuple[Config, tuple[str, ...], str]:
+        """What this process runs of `new`: restart-only keys kept (named in `pending`), and its hash."""
+        pending = tuple(restart_needed(self.started_with, new))
+        applied = pinned(self.started_with, new) if pending else new
+        return applied, pending, config_hash(applied)
+
+    def _holds(self, digest: str, pending: tuple[str, ...]) -> bool:
+        return digest == self.loaded.hash and pending == self.loaded.pending_restart
 
     async def reload(self, trigger: str) -> bool:
         try:
@@ -208,12 +217,10 @@ class Reloader:
             )
             self._count("error")
             return False
-        pending = tuple(restart_needed(self.started_with, new))
-        applied = pinned(self.started_with, new) if pending else new
+        applied, pending, digest = self._applied(new)
         if pending:
             log.warning("config change needs a restart; applying the rest", extra={"keys": list(pending)})
-        digest = config_hash(applied)
-        if digest == self.loaded.hash and pending == self.loaded.pending_restart:
+        if self._holds(digest, pending):
             log.info("config reloaded: unchanged", extra={"trigger": trigger, "hash": digest})
             self._count("ok")
             return True
