@@ -56,16 +56,17 @@ V = TypeVar("V")
 
 class Memo(dict[K, V]):
     """`judge`'s answer per name, remembered (bounded): header and parameter names repeat on every request,
-    so a hit is one dict lookup. Past the bound it starts over; the names still in use come back at once."""
+    so a hit is one dict lookup. Past `bound` entries it starts over; the names still in use come back at once."""
 
-    __slots__ = ("_judge",)
+    __slots__ = ("_bound", "_judge")
 
-    def __init__(self, judge: Callable[[K], V]) -> None:
+    def __init__(self, judge: Callable[[K], V], bound: int = _SEEN) -> None:
         super().__init__()
         self._judge: Callable[[K], V] = judge
+        self._bound = bound
 
     def __missing__(self, name: K) -> V:
-        if len(self) >= _SEEN:
+        if len(self) >= self._bound:
             self.clear()
         answer = self[name] = self._judge(name)
         return answer

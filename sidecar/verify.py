@@ -22,7 +22,7 @@ from jwt.algorithms import Algorithm, get_default_algorithms
 from sidecar import errors, jose
 from sidecar.clock import Clock
 from sidecar.config import ASYMMETRIC_ALGS, Config, Provider
-from sidecar.headers import header_safe
+from sidecar.headers import Memo, header_safe
 from sidecar.jwks import Key
 from sidecar.keys.view import KeyView
 from sidecar.metrics import Metrics
@@ -79,6 +79,10 @@ _LASTING: Final = (
 )
 _REFUSALS = 4096  # distinct bad tokens remembered; a flood of distinct ones is bounded by the verify cost
 _RECENT = 1024  # token -> digest pairs kept: the tokens in use right now skip the hash
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
 
 
 class RefusalCache:
@@ -151,7 +155,7 @@ class Verifier:
         self.refused = RefusalCache(metrics)
         # Recent tokens' digests: a SHA-256 costs more than the rest of a cache hit. Bounded like the cache's
         # unpacked entries (at most _RECENT tokens of up to limits.max_token_bytes each are held).
-        self._digests: dict[str, bytes] = {}
+        self._digests: Memo[str, bytes] = Memo(_digest, _RECENT)
         self._hits, self._misses = metrics.token_cache.labels("hit"), metrics.token_cache.labels("miss")
         algorithms = get_default_algorithms()
         self._algorithms: dict[str, Algorithm] = {a: algorithms[a] for a in ASYMMETRIC_ALGS}
@@ -193,11 +197,7 @@ class Verifier:
 
     async def verify(self, token: str) -> tuple[VerifiedToken, float | None]:
         """The verified token and its grace seconds (None unless accepted inside grace)."""
-        digest = self._digests.get(token)
-        if digest is None:
-            if len(self._digests) >= _RECENT:
-                self._digests.clear()
-            digest = self._digests[token] = hashlib.sha256(token.encode()).digest()
+        digest = self._digests[token]
         hit = self.cache.get(digest)
         if hit is not None:
             pk = self.keys[hit.provider]
