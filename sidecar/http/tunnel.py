@@ -161,18 +161,8 @@ class Tunnel:
 
     def _flush_closes(self, up: bytes, down: bytes) -> None:
         """While closing: pass only the rest of the frames in progress, then the close frames."""
-        if not self._sent_up:
-            n = self._up.feed(up, stop_at_boundary=True)
-            _write(self.app, up[:n])
-            if self._up.at_boundary:
-                self._sent_up = True
-                _write(self.app, close_frame(POLICY_VIOLATION, b"token expired", masked=True))
-        if not self._sent_down:
-            n = self._down.feed(down, stop_at_boundary=True)
-            _write(self.client, down[:n])
-            if self._down.at_boundary:
-                self._sent_down = True
-                _write(self.client, close_frame(POLICY_VIOLATION, b"token expired", masked=False))
+        self._sent_up = self._sent_up or _close_after_frame(self._up, up, self.app, masked=True)
+        self._sent_down = self._sent_down or _close_after_frame(self._down, down, self.client, masked=False)
         if self._sent_up and self._sent_down and self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(_LINGER, self._end, "token_expired")
 
@@ -206,3 +196,14 @@ def _write(side: Side, data: bytes) -> None:
     t = side.transport
     if data and t is not None and not t.is_closing():
         t.write(data)
+
+
+def _close_after_frame(cursor: FrameCursor, data: bytes, to: Side, masked: bool) -> bool:
+    """One direction while closing: the rest of the frame in progress, then the close frame once at a frame
+    boundary. True when the close frame went."""
+    n = cursor.feed(data, stop_at_boundary=True)
+    _write(to, data[:n])
+    if not cursor.at_boundary:
+        return False
+    _write(to, close_frame(POLICY_VIOLATION, b"token expired", masked=masked))
+    return True
