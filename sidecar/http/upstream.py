@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Final, cast
 from urllib.parse import urlsplit
@@ -50,12 +51,42 @@ class Cut(Exception):
     """The response broke off after its head reached the client: the client's connection must close."""
 
 
+class Outcome:
+    """How one exchange ended, awaited by the request's coroutine (server.drive runs it, never an asyncio
+    Task). Unlike a Future's, its waiter resumes at once when the response is complete, inside the read
+    that completed it: no callback handle and no extra loop round per request (measured: ~4 us of ~140)."""
+
+    __slots__ = ("_error", "_waiter", "ended")
+
+    def __init__(self) -> None:
+        self.ended = False
+        self._error: BaseException | None = None
+        self._waiter: Callable[[], None] | None = None
+
+    def end(self, failure: BaseException | None) -> None:
+        if self.ended:
+            return
+        self.ended, self._error = True, failure
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter()
+
+    def wait(self, waiter: Callable[[], None]) -> None:
+        self._waiter = waiter
+
+    def __await__(self) -> Generator[Outcome, None, None]:
+        if not self.ended:
+            yield self
+        if self._error is not None:
+            raise self._error
+
+
 class UpstreamConn(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.reply: Reply | None = None
-        self.finished: asyncio.Future[None] | None = None
+        self.finished: Outcome | None = None
         self.received = False  # a byte of the current response arrived (a retry is no longer safe)
         self.reused = False
         self.upgraded: bytes | None = None  # after a 101: the bytes that followed its head
@@ -230,14 +261,14 @@ class UpstreamConn(asyncio.Protocol):
 
     # --- the exchange --------------------------------------------------------------------------------
 
-    def send(self, reply: Reply, head: bytes) -> asyncio.Future[None]:
-        """Write a request head; the future ends with the response (raises a Rejection before its head went
+    def send(self, reply: Reply, head: bytes) -> Outcome:
+        """Write a request head; the outcome ends with the response (raises a Rejection before its head went
         out, Cut after)."""
         assert self.transport is not None
         loop = self.pool.loop
         self.reply = reply
         self.received = self._complete = self._chunk = self._eof_ends = self._info = self._keep = False
-        self.finished = loop.create_future()
+        self.finished = Outcome()
         self._last = loop.time()
         if self._timer is None:
             # one timer per connection, moved lazily: it re-arms itself from `_last` when it fires early
@@ -259,7 +290,7 @@ class UpstreamConn(asyncio.Protocol):
 
     def _check_timeout(self) -> None:
         self._timer = None
-        if self.finished is None or self.finished.done() or self.transport is None:
+        if self.finished is None or self.finished.ended or self.transport is None:
             return  # nothing in flight: the next request arms it again
         due = self._last + self.pool.read_timeout
         if self.pool.loop.time() < due:
@@ -281,12 +312,8 @@ class UpstreamConn(asyncio.Protocol):
             self._out.clear()
 
     def _end(self, failure: BaseException | None) -> None:
-        fut = self.finished
-        if fut is not None and not fut.done():
-            if failure is None:
-                fut.set_result(None)
-            else:
-                fut.set_exception(failure)
+        if self.finished is not None:
+            self.finished.end(failure)
 
     def release(self, body_sent: bool) -> None:
         """The exchange is over: back to the pool if the connection can carry another, else closed."""
