@@ -7,12 +7,13 @@ CPU layout (needs 2 CPUs and `taskset`):
 Rows: direct to the upstream; HAProxy + `jwt_verify` (RS256 verified on every request, the reference) when
 `haproxy` is installed; the sidecar on the lean engine and on the aiohttp engine with warm tokens (10 reused:
 token-cache hits); the lean engine with cold tokens (one unique RS256-2048 token per request: full
-verification); the bare aiohttp pass-through (no auth); the lean engine with `--workers 2` on CPUs 0+1 when it
-really starts two processes. For each: max throughput (closed model: wrk -t1 -cVUS, or k6 with VUS users back
-to back), the proxy's CPU time per request (utime+stime from /proc over the measured window, divided by the
-requests), and at RATE req/s (open model, k6) the p50, the p50 added vs direct and the proxy's CPU in cores;
-ratios vs the HAProxy row. Every proxy first goes through a gate: the good token must get 200; no token, a bad
-signature, an expired token, one without `exp`, `alg: none`, a wrong `aud` and a wrong `iss` must get 401.
+verification); the bare aiohttp pass-through (no auth); the floor (`floor.py`: the least a Python JWT proxy
+does, no policy); the lean engine with `--workers 2` on CPUs 0+1 when it really starts two processes. For
+each: max throughput (closed model: wrk -t1 -cVUS, or k6 with VUS users back to back), the proxy's CPU
+time per request (utime+stime from /proc over the measured window, divided by the requests), and at RATE
+req/s (open model, k6) the p50, the p50 added vs direct and the proxy's CPU in cores; ratios vs the HAProxy
+row. Every proxy first goes through a gate: the good token must get 200; no token, a bad signature, an
+expired token, one without `exp`, `alg: none`, a wrong `aud` and a wrong `iss` must get 401.
 Prints a markdown table (also written to --out).
 
     python loadtest/bench/bench.py [--seconds 10] [--vus 32] [--rate 1000] [--client auto|wrk|k6]
@@ -361,8 +362,8 @@ def main() -> int:
             time.sleep(0.2)
         info = json.loads(info_file.read_text())
         tokdir = Path(info["tokens_dir"])
-        sc_port, admin_port, pt_port, sc2_port, admin2_port, aio_port, aio_admin, ha_port, ngx_port = (
-            runtool.free_ports(9))
+        sc_port, admin_port, pt_port, sc2_port, admin2_port, aio_port, aio_admin, ha_port, ngx_port, floor_port = (
+            runtool.free_ports(10))
         upstream = info["echo_url"]
         if upstream_kind == "nginx":
             upstream = f"http://127.0.0.1:{ngx_port}"
@@ -381,10 +382,14 @@ def main() -> int:
         aio = procs.start("sidecar-aiohttp", PROXY_CPU, sidecar_argv(aio_port, aio_admin, 1, "aiohttp"))
         pt = procs.start("passthrough", PROXY_CPU, [py, str(HERE / "passthrough.py"), "--port", str(pt_port),
                                                     "--upstream", upstream])
+        floor = procs.start("floor", PROXY_CPU, [py, str(HERE / "floor.py"), "--listen", f"127.0.0.1:{floor_port}",
+                                                 "--upstream", upstream, "--jwks", info["jwks_url"],
+                                                 "--iss", info["issuer"], "--aud", info["audience"]])
         targets = {"direct": upstream, "passthrough": f"http://127.0.0.1:{pt_port}",
-                   "lean": f"http://127.0.0.1:{sc_port}", "aiohttp": f"http://127.0.0.1:{aio_port}"}
+                   "lean": f"http://127.0.0.1:{sc_port}", "aiohttp": f"http://127.0.0.1:{aio_port}",
+                   "floor": f"http://127.0.0.1:{floor_port}"}
         pids: dict[str, int | None] = {"direct": None, "passthrough": pt.pid, "lean": sidecar.pid,
-                                       "aiohttp": aio.pid}
+                                       "aiohttp": aio.pid, "floor": floor.pid}
         haproxy_version, ha = "", None
         if haproxy:
             pem = work / "issuer-rs256.pem"
@@ -487,7 +492,8 @@ def main() -> int:
         plan += [Row("sidecar, lean engine, warm tokens (10 reused)", "lean", "warm"),
                  Row("sidecar, aiohttp engine, warm tokens (10 reused)", "aiohttp", "warm"),
                  Row("sidecar, lean engine, cold tokens (unique, RS256-2048)", "lean", "cold"),
-                 Row("bare aiohttp pass-through, no auth", "passthrough", "none")]
+                 Row("bare aiohttp pass-through, no auth", "passthrough", "none"),
+                 Row("floor: uvloop + llhttp + a dict of verified tokens, no policy", "floor", "warm")]
         gates: dict[str, tuple[bool, str]] = {}
         for row in plan:
             if row.target != "direct" and row.target not in gates:
