@@ -54,7 +54,7 @@ class Cut(Exception):
 class Outcome:
     """How one exchange ended, awaited by the request's coroutine (server.drive runs it, never an asyncio
     Task). Unlike a Future's, its waiter resumes at once when the response is complete, inside the read
-    that completed it: no callback handle and no extra loop round per request (measured: ~4 us of ~140)."""
+    that completed it: no callback handle and no extra loop round per request (in process: 143 -> 140 us)."""
 
     __slots__ = ("_error", "_waiter", "ended")
 
