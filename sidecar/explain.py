@@ -74,6 +74,12 @@ class _Recorder:
         self.grace: float | None = None
         self.failed: errors.Rejection | None = None
 
+    def knows(self, token: str) -> bool:
+        return False  # every step runs, as on a cache miss
+
+    def cached(self, token: str) -> None:
+        return None
+
     async def verify(self, token: str) -> tuple[VerifiedToken, float | None]:
         self.called = True
         try:

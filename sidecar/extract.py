@@ -8,14 +8,18 @@ is `multiple_tokens`; which provider may use which source is checked once the to
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from http.cookies import CookieError, SimpleCookie
+from typing import Final
 
 from multidict import CIMultiDictProxy, MultiMapping
 
 from sidecar.errors import Malformed, MissingToken, MultipleTokens, TokenTooLarge
 
-# RFC 6750 b64token; checked with a compiled pattern, which is ten times faster than a set test per character
-_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+# RFC 6750 b64token: these characters, then any `=`. Checking a 600-byte token costs 12,000-15,000 machine
+# instructions whichever way (compiled pattern, bytes.translate), 5-7 % of a whole proxied request: a token
+# the verifier already holds is known to have passed it (find_token's `known`).
+_B64CHARS: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/"
 BEARER = "header"
 _DEFAULT = (BEARER,)
 
@@ -51,17 +55,26 @@ def _cookies(headers: CIMultiDictProxy[str], name: str) -> list[str]:
     return found
 
 
+def _unknown(token: str) -> bool:
+    return False
+
+
 def find_token(
-    headers: CIMultiDictProxy[str], query: MultiMapping[str], sources: tuple[str, ...], max_bytes: int
+    headers: CIMultiDictProxy[str],
+    query: MultiMapping[str],
+    sources: tuple[str, ...],
+    max_bytes: int,
+    known: Callable[[str], bool] = _unknown,
 ) -> tuple[str, str]:
-    """The request's one token and the source it came from."""
+    """The request's one token and the source it came from. `known`: true for a token that passed these
+    checks before (one the verifier holds), whose characters need not be checked again."""
     if sources == _DEFAULT and "access_token" not in query:
         # the common case, without the general loop: one Authorization header with a bearer token
         values = headers.getall("Authorization", [])
         if len(values) == 1:
             scheme, _, token = values[0].strip().partition(" ")
             if scheme.lower() == "bearer" and token:
-                return _checked(token.strip(" "), BEARER, max_bytes)
+                return _checked(token.strip(" "), BEARER, max_bytes, known)
     if len(headers.getall("Authorization", ())) > 1:
         raise MultipleTokens("more than one Authorization header")
     found: list[tuple[str, str]] = []
@@ -91,15 +104,21 @@ def find_token(
         where = sorted({s for _, s in found})
         raise MultipleTokens(f"{len(found)} tokens in the request ({', '.join(where)}); send exactly one")
     token, source = found[0]
-    return _checked(token, source, max_bytes)
+    return _checked(token, source, max_bytes, known)
 
 
-def _checked(token: str, source: str, max_bytes: int) -> tuple[str, str]:
+def is_b64token(token: str) -> bool:
+    """RFC 6750 §2.1 b64token: one or more of its characters, then only `=`."""
+    body = token.rstrip("=")
+    return bool(body) and body.isascii() and not body.encode("ascii").translate(None, _B64CHARS)
+
+
+def _checked(token: str, source: str, max_bytes: int, known: Callable[[str], bool]) -> tuple[str, str]:
     if not token:
         raise Malformed("empty bearer token")
     if len(token) > max_bytes:
         raise TokenTooLarge(f"token is {len(token)} bytes, limit {max_bytes}")
-    if _B64TOKEN.fullmatch(token) is None:
+    if not known(token) and not is_b64token(token):
         padding = "; a JWS is unpadded base64url: '=' padding is refused (RFC 7515 section 2)" if "=" in token else ""
         raise Malformed("the token has characters outside RFC 6750 token68" + padding)
     return token, source

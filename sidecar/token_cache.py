@@ -152,5 +152,8 @@ class TokenCache:
     def size_bytes(self) -> int:
         return self._bytes
 
+    def __contains__(self, digest: object) -> bool:
+        return digest in self._entries
+
     def __len__(self) -> int:
         return len(self._entries)

@@ -195,17 +195,31 @@ class Verifier:
             return past
         raise errors.Expired(f"expired {past:.0f}s ago (leeway {leeway:g}s, grace {self.grace:g}s)")
 
-    async def verify(self, token: str) -> tuple[VerifiedToken, float | None]:
-        """The verified token and its grace seconds (None unless accepted inside grace)."""
+    def knows(self, token: str) -> bool:
+        """Is this token in the cache? Then it passed every check once, its form (extract.py) included."""
+        return self._digests[token] in self.cache
+
+    def cached(self, token: str) -> tuple[VerifiedToken, float | None] | None:
+        """`verify`'s answer without a coroutine when the token is in the cache and its key still trusted (the
+        usual request), else None. Raises, as `verify` does, when the cached token's times refuse it."""
         digest = self._digests[token]
         hit = self.cache.get(digest)
-        if hit is not None:
-            pk = self.keys[hit.provider]
-            # The exact key that verified it, not whatever key its kid (or its lack of one) names today.
-            if pk.usable() and pk.keys.trusts(hit.key, self.clock.monotonic()):
-                self._hits.inc()
-                return hit, self._timed(hit)
-            self.cache.discard(digest)
+        if hit is None:
+            return None
+        pk = self.keys[hit.provider]
+        # The exact key that verified it, not whatever key its kid (or its lack of one) names today.
+        if pk.usable() and pk.keys.trusts(hit.key, self.clock.monotonic()):
+            self._hits.inc()
+            return hit, self._timed(hit)
+        self.cache.discard(digest)
+        return None
+
+    async def verify(self, token: str) -> tuple[VerifiedToken, float | None]:
+        """The verified token and its grace seconds (None unless accepted inside grace)."""
+        known = self.cached(token)
+        if known is not None:
+            return known
+        digest = self._digests[token]
         self.refused.check(digest, self.keys)
         self._misses.inc()
         try:

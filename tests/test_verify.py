@@ -305,6 +305,26 @@ async def test_recent_token_digests_are_remembered_within_a_bound_and_never_mix_
     assert await reason(sc, good) is None and await reason(sc, bad) == "audience_mismatch"
 
 
+async def test_only_a_verified_token_is_known_and_answered_from_the_cache_without_a_coroutine(
+    issuer: DevIssuer, make_sidecar: MakeSidecar
+) -> None:
+    # `cached` is the request path's cache hit (no coroutine); `knows` lets extract.py skip re-checking the
+    # characters of a token that passed every check once. Neither may ever hold a refused token.
+    sc = await make_sidecar(issuer)
+    verifier = sc.state.verifier
+    good, bad = issuer.mint(ttl=600), issuer.mint(ttl=600, aud="someone-else")
+    assert not verifier.knows(good) and verifier.cached(good) is None
+    assert await reason(sc, good) is None
+    assert await reason(sc, bad) == "audience_mismatch"
+    assert verifier.knows(good) and not verifier.knows(bad)
+    known = verifier.cached(good)
+    assert known is not None and known[1] is None  # the entry, outside grace
+    assert verifier.cached(bad) is None  # refused tokens are the refusal cache's, never the token cache's
+    sc.clock.advance(600 + sc.state.cfg.leeway + sc.state.cfg.expired_grace + 1)
+    with pytest.raises(errors.Expired):  # a hit still answers to the clock
+        verifier.cached(good)
+
+
 # --- key identity in the cache, tokens without kid, max_token_lifetime (issues 9 and 15) ------------------
 
 from collections.abc import Iterator  # noqa: E402

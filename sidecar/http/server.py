@@ -213,6 +213,9 @@ class ClientConn(asyncio.Protocol):
             return
         now = self.loop.time()
         self._read(data, now)
+        ex = self._ex
+        if ex is not None and ex.complete:
+            return  # a whole request being answered: `_done` settles the deadline (the timer settles first too)
         if self.transport is not None and not self._closing and self.tunnel is None:
             self.guard.settle(now)
             self._arm()
