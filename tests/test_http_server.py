@@ -333,6 +333,21 @@ async def test_connections_to_the_app_are_kept_alive_and_reused(start: Start, ra
     assert app.connections == 1 and len(app.received) == 5
 
 
+async def test_trailers_of_one_answer_never_reach_the_next_client_on_the_pooled_connection(
+    start: Start, raw_app: Any
+) -> None:
+    # llhttp reports a chunked body's trailers as header fields after the head: they are not relayed, and
+    # must not wait to be written into the head of the next answer on that connection (another client's).
+    trailed = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nSet-Cookie: victim=1\r\n\r\n"
+    app = await raw_app(lambda c, n: trailed if n == 1 else OK)
+    sc = await start(app.url)
+    first = await exchange(sc.port, get("/public/a", None, "Connection: close"))
+    second = await exchange(sc.port, get("/public/b", None, "Connection: close"))
+    assert statuses(first) == statuses(second) == [200]
+    assert app.connections == 1  # the same connection to the app served both
+    assert b"victim" not in first and b"victim" not in second
+
+
 async def test_a_pooled_connection_the_app_dropped_is_retried_once_for_a_get_but_not_for_a_post(
     start: Start, raw_app: Any
 ) -> None:

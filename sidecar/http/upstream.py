@@ -93,7 +93,12 @@ class UpstreamConn(asyncio.Protocol):
         self.tunnel: object | None = None  # set by tunnel.Tunnel
         self.idle_since = 0.0
         self._parser = httptools.HttpResponseParser(self)
-        self._headers: list[tuple[bytes, bytes]] = []
+        # the head's fields as llhttp reports them: those the client may get, and those the sidecar reads and
+        # drops (hop-by-hop, framing), sorted once per field by the pool's memo of names
+        self._kept: list[tuple[bytes, bytes]] = []
+        self._hop: list[tuple[bytes, bytes]] = []
+        self._dropped = pool.dropped
+        self._in_body = False  # the final head is done: fields llhttp reports now are a chunked body's trailers
         self._reason = b""
         self._out: list[bytes] = []
         self._chunk = False  # the body goes to the client re-chunked
@@ -167,14 +172,17 @@ class UpstreamConn(asyncio.Protocol):
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        if self._in_body:
+            return  # trailers are not relayed (the re-chunked body ends without any), nor kept for the next head
+        (self._hop if self._dropped[name] else self._kept).append((name, value))
 
     def on_headers_complete(self) -> None:
         reply = self.reply
         assert reply is not None
         p = self._parser
         status = p.get_status_code()
-        headers, self._headers = self._headers, []
+        kept, hop = self._kept, self._hop
+        self._kept, self._hop = [], []
         reason, self._reason = self._reason, b""
         if not 100 <= status <= 599:
             raise FramingError(f"status {status} is not an HTTP status")  # RFC 9110 §15: three digits, 1xx-5xx
@@ -192,24 +200,20 @@ class UpstreamConn(asyncio.Protocol):
         out = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
         if status == 101:
             fr = NO_BODY
-            out.extend(b"%s: %s\r\n" % pair for pair in headers)  # the handshake's headers are the tunnel's
+            # the handshake's headers are the tunnel's (the order of different names carries no meaning)
+            out.extend(b"%s: %s\r\n" % pair for pair in (*kept, *hop))
         else:
-            # one pass: what the client gets, and the framing and `Connection` values, which it does not
-            kept: list[tuple[bytes, bytes]] = []
+            # the framing and `Connection` values, which the client does not get
             lengths: list[bytes] = []
             codings: list[bytes] = []
             named: set[bytes] | None = None
-            dropped = self.pool.dropped
-            for pair in headers:
-                name = pair[0]
-                if not dropped[name]:
-                    kept.append(pair)
-                elif len(name) == 14:  # the one dropped name of this length: Content-Length
-                    lengths.append(pair[1])
+            for name, value in hop:
+                if len(name) == 14:  # the one dropped name of this length: Content-Length
+                    lengths.append(value)
                 elif len(name) == 17:  # Transfer-Encoding, likewise
-                    codings.append(pair[1])
-                elif len(name) == 10 and name.lower() == b"connection" and pair[1].lower() not in _PLAIN_CONNECTION:
-                    named = (named or set()) | {t.strip().lower() for t in pair[1].split(b",")}
+                    codings.append(value)
+                elif len(name) == 10 and name.lower() == b"connection" and value.lower() not in _PLAIN_CONNECTION:
+                    named = (named or set()) | {t.strip().lower() for t in value.split(b",")}
             fr = body_framing(lengths, codings, p.get_http_version())
             if named and (named := named - _PLAIN_CONNECTION):
                 kept = [pair for pair in kept if pair[0].lower() not in named]
@@ -237,6 +241,7 @@ class UpstreamConn(asyncio.Protocol):
         out.append(b"\r\n")
         self._out.append(b"".join(out))
         reply.head_sent = True
+        self._in_body = True
         if reply.method == "HEAD" and status != 101:
             # llhttp cannot be told that a HEAD's answer has no body: the message ends here, and the next
             # response on this connection starts with a fresh parser.
@@ -268,6 +273,7 @@ class UpstreamConn(asyncio.Protocol):
         loop = self.pool.loop
         self.reply = reply
         self.received = self._complete = self._chunk = self._eof_ends = self._info = self._keep = False
+        self._in_body = False
         self.finished = Outcome()
         self._last = loop.time()
         if self._timer is None:
