@@ -196,8 +196,10 @@ class Verifier:
         raise errors.Expired(f"expired {past:.0f}s ago (leeway {leeway:g}s, grace {self.grace:g}s)")
 
     def knows(self, token: str) -> bool:
-        """Is this token in the cache? Then it passed every check once, its form (extract.py) included."""
-        return self._digests[token] in self.cache
+        """Is this token in the cache? Then it passed every check once, its form (extract.py) included.
+        Asked before that form is checked: a token that is not ASCII (it may hold the surrogates of undecodable
+        header bytes, which cannot be hashed) was never verified."""
+        return token.isascii() and self._digests[token] in self.cache
 
     def cached(self, token: str) -> tuple[VerifiedToken, float | None] | None:
         """`verify`'s answer without a coroutine when the token is in the cache and its key still trusted (the

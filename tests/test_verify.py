@@ -320,6 +320,8 @@ async def test_only_a_verified_token_is_known_and_answered_from_the_cache_withou
     known = verifier.cached(good)
     assert known is not None and known[1] is None  # the entry, outside grace
     assert verifier.cached(bad) is None  # refused tokens are the refusal cache's, never the token cache's
+    # asked before the token's characters are checked: undecodable header bytes (surrogates) are not hashable
+    assert not verifier.knows("eyJ\udcff.x.y") and not verifier.knows("eyJ\u00e9.x.y")
     sc.clock.advance(600 + sc.state.cfg.leeway + sc.state.cfg.expired_grace + 1)
     with pytest.raises(errors.Expired):  # a hit still answers to the clock
         verifier.cached(good)
