@@ -80,3 +80,11 @@ def test_scenario(scenario: str, k6: str, tmp_path: Path) -> None:
     assert metrics["http_reqs{expected:ok}"]["count"] > 0, detail
     assert not [k for k, m in metrics.items() if any((m.get("thresholds") or {}).values())], detail
     assert report.is_file() and "thresholds: all" in report.read_text(), detail
+
+
+def test_the_instruction_count_bench_serves_warm_requests_through_the_real_engine() -> None:
+    # loadtest/bench/instructions.py counts under valgrind (a developer's tool, not CI's); its requests
+    # alone run here so the harness cannot rot: a 200 for a verified token through ClientConn and the pool
+    bench = ROOT / "loadtest" / "bench" / "instructions.py"
+    done = subprocess.run([sys.executable, str(bench), "--run", "20"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
