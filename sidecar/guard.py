@@ -73,6 +73,10 @@ class ConnTimer:
         self._at = when
         self._handle = self._loop.call_at(when, self._fired)
 
+    def fires_by(self, when: float) -> bool:
+        """Is the timer set to fire no later than `when`?"""
+        return self._handle is not None and self._at <= when
+
     def _fired(self) -> None:
         self._handle = None
         self._fire()

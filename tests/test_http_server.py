@@ -333,6 +333,20 @@ async def test_connections_to_the_app_are_kept_alive_and_reused(start: Start, ra
     assert app.connections == 1 and len(app.received) == 5
 
 
+async def test_a_keep_alive_connection_closes_at_the_idle_timeout_even_when_the_others_are_longer(
+    start: Start, raw_app: Any
+) -> None:
+    # After a response the connection's timer is moved only when it would fire after the idle deadline:
+    # here it was set for the (longer) header timeout when the connection opened, so it must be moved.
+    app = await raw_app(lambda c, n: OK)
+    sc = await start(app.url, limits={"idle_timeout": 0.3, "header_timeout": 30, "body_timeout": 30})
+    started = time.monotonic()
+    answer = await exchange(sc.port, get("/public/a"), timeout=10)
+    assert statuses(answer) == [200]
+    assert time.monotonic() - started < 5  # closed by the sidecar after ~0.3 s idle, not by our 10 s read
+    assert sc.metric("sidecar_connections_closed_total", reason="idle_timeout") == 1
+
+
 async def test_trailers_of_one_answer_never_reach_the_next_client_on_the_pooled_connection(
     start: Start, raw_app: Any
 ) -> None:

@@ -483,7 +483,9 @@ class ClientConn(asyncio.Protocol):
         held, self._held = self._held, b""
         if held:
             self.data_received(held)
-        else:
+        elif not self._timer.fires_by(now + self.guard.limits.idle_timeout):
+            # The deadline now is the idle timeout's (settle). A timer that fires by then works it out itself
+            # when it fires (_expire settles first): the usual keep-alive request costs no deadline work.
             self.guard.settle(now)
             self._arm()
 
