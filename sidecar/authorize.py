@@ -61,6 +61,8 @@ async def authorize(
     try:
         if route.deny:
             raise errors.RouteDenied(f"{method} on this path is refused by rule {route.name!r}")
+        if route.public:
+            s.metrics.public_requests.inc()
         token = source = None
         try:
             token, source = find_token(headers, query, s.token_sources, s.cfg.limits.max_token_bytes, s.verifier.knows)
@@ -73,12 +75,9 @@ async def authorize(
             if route.public:
                 # A token on a public path is optional: verified, it adds identity; otherwise it never reaches
                 # the app (scrub.py removes every unverified form), so an app can trust any token it receives.
-                s.metrics.public_requests.inc()
                 return Allowed(route, (), None)
             raise
-        if route.public:
-            s.metrics.public_requests.inc()
-        else:
+        if not route.public:
             s.metrics.auth_success.inc()
         return allowed
     except errors.Rejection as r:
