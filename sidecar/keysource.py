@@ -22,11 +22,9 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from sidecar.config import Provider
+from sidecar.extract import is_b64token
 
 _MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*(\d+)", re.I)
-# RFC 6750 §2.1 b64token: what may follow "Bearer " without quoting; anything else (CR, LF, spaces) is refused
-# so a token file can never inject a header.
-_B64TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")
 _TOKEN_FILE_LIMIT = 64 * 1024
 
 
@@ -113,7 +111,9 @@ class KeySource:
             token = raw.decode("ascii").strip()
         except UnicodeDecodeError:
             token = ""
-        if len(raw) > _TOKEN_FILE_LIMIT or not _B64TOKEN.match(token):
+        # RFC 6750 §2.1 b64token, what may follow "Bearer " unquoted: anything else (CR, LF, spaces) is refused,
+        # so a token file can never inject a header
+        if len(raw) > _TOKEN_FILE_LIMIT or not is_b64token(token):
             # The content is never quoted: it is a credential, or garbage that may contain one.
             raise FetchError(
                 "refused", f"jwks_auth.bearer_token_file {self._token_file} does not hold one bearer token"
