@@ -130,11 +130,12 @@ class HeaderPolicy:
         # `Connection` never removes what the sidecar sets, nor the token it just verified
         named = connection_named(headers) - _PROTECTED if "Connection" in headers else None
         seen = self._seen
-        out: CIMultiDict[str] = CIMultiDict()
-        for name, value in headers.items():
-            if seen[name] or (named and name.lower() in named):
-                continue
-            out.add(name, value)
+        if named:
+            return CIMultiDict((n, v) for n, v in headers.items() if not seen[n] and n.lower() not in named)
+        # the usual request: a copy, less the few names always dropped (picked in C, one memo lookup each)
+        out = headers.copy()
+        for name in filter(seen.__getitem__, headers.keys()):
+            out.popall(name, None)
         return out
 
     def _always_dropped(self, name: str) -> bool:

@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from sidecar.http.framing import NO_BODY, Framing, FramingError, framing, refusal
+from sidecar.http.framing import (
+    NO_BODY,
+    Framing,
+    FramingError,
+    framing,
+    plain_head,
+    refusal,
+    singleton,
+)
 
 H = list[tuple[bytes, bytes]]
 
@@ -86,3 +96,40 @@ def test_an_upgrade_request_with_a_body_is_refused() -> None:
     with pytest.raises(FramingError, match="upgrade"):
         framing([(b"Host", b"a"), (b"Content-Length", b"3")], "1.1", True, upgrade=True)
     assert framing([(b"Host", b"a")], "1.1", True, upgrade=True) is NO_BODY
+
+
+_NAMES = st.sampled_from(
+    [b"Host", b"host", b"HOST", b"Content-Length", b"content-length", b"Transfer-Encoding", b"TRANSFER-ENCODING",
+     b"Content-Type", b"User-Agent", b"Server", b"ETag", b"Max-Forwards", b"Content-Range", b"Content-Location",
+     b"Accept", b"Authorization", b"Cookie", b"X-Host", b"Hosts", b"Content-Lengths"]
+)  # fmt: skip
+_VALUES = st.sampled_from([b"a", b"0", b"12", b"chunked", b"gzip, chunked", b"1, 2", b""])
+
+
+@given(
+    st.lists(st.tuples(_NAMES, _VALUES), max_size=6),
+    st.sampled_from(["1.1", "1.0", "0.9", "2.0"]),
+    st.booleans(),
+)
+def test_a_head_passed_as_plain_is_one_framing_reads_as_bodiless_and_refuses_nothing_in(
+    headers: H, version: str, upgrade: bool
+) -> None:
+    """The lean engine skips `framing` for a head whose singleton weights say plain: it must be a head that
+    `framing` itself frames without a body and does not refuse."""
+    if plain_head([low for name, _ in headers if (low := singleton(name))], version):
+        assert framing(headers, version, True, upgrade) is NO_BODY
+
+
+def _plain(names: list[bytes], version: str = "1.1") -> bool:
+    return plain_head([low for name in names if (low := singleton(name))], version)
+
+
+def test_the_usual_requests_without_a_body_are_plain_and_framing_headers_never_are() -> None:
+    assert _plain([b"Host", b"User-Agent", b"Accept", b"Content-Type", b"Authorization"])
+    assert _plain([b"Accept"], "1.0")
+    assert not _plain([b"Accept"])  # HTTP/1.1 without Host: framing refuses it
+    assert not _plain([b"Host", b"content-length"])
+    assert not _plain([b"Host", b"Transfer-Encoding"])
+    assert not _plain([b"Host", b"HOST"])
+    assert not _plain([b"Host", b"User-Agent", b"user-agent"])
+    assert not _plain([b"Host"], "0.9")

@@ -82,9 +82,11 @@ def test_scenario(scenario: str, k6: str, tmp_path: Path) -> None:
     assert report.is_file() and "thresholds: all" in report.read_text(), detail
 
 
-def test_the_instruction_count_bench_serves_warm_requests_through_the_real_engine() -> None:
+@pytest.mark.parametrize("kind", ["bench", "browser"])
+def test_the_instruction_count_bench_serves_warm_requests_through_the_real_engine(kind: str) -> None:
     # loadtest/bench/instructions.py counts under valgrind (a developer's tool, not CI's); its requests
     # alone run here so the harness cannot rot: a 200 for a verified token through ClientConn and the pool
     bench = ROOT / "loadtest" / "bench" / "instructions.py"
-    done = subprocess.run([sys.executable, str(bench), "--run", "20"], capture_output=True, text=True, timeout=120)
+    argv = [sys.executable, str(bench), "--run", "20", "--request", kind]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

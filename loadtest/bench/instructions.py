@@ -4,10 +4,13 @@ Throughput and CPU time on a shared two-core machine drift by 5-10 % between run
 not (the same count twice for the same code, whatever else the machine does), so it shows a change of 1 %.
 It is what this file measures: the real engine objects (ClientConn, UpstreamConn, the pool, the decision),
 in one process, with in-memory transports on both sides, so no kernel and no load generator take part.
-A warm request: the same RS256 token (a cache hit), `GET /` with Host and Authorization, and a 20-byte answer
-from the app with five header fields.
+A warm request: the same RS256 token (a cache hit) and a 20-byte answer from the app with five header fields.
+The request is wrk's in the side-by-side bench (`GET /` with Host and Authorization), or with `--request
+browser` what a browser's API call sends: a query string and thirteen fields (User-Agent, Accept-*, Cookie,
+Origin, Referer, a request id, traceparent...), which shows what each field costs.
 
     python loadtest/bench/instructions.py            # needs valgrind (Debian: apt-get install valgrind)
+    python loadtest/bench/instructions.py --request browser
     python loadtest/bench/instructions.py --run 100  # the requests alone, without valgrind (a smoke test)
 
 The count is the difference of two runs (2,500 and 500 requests, each after the same warm-up), divided by
@@ -36,6 +39,20 @@ _ANSWER = (
     b"Content-Type: text/plain\r\nContent-Length: 20\r\nConnection: keep-alive\r\n\r\nhello from upstream\n"
 )
 _WARM = 300
+_BROWSER = (
+    "GET /api/v1/orders?page=2&size=20 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
+    "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36\r\n"
+    "Accept: application/json, text/plain, */*\r\nAccept-Language: en-US,en;q=0.9\r\n"
+    "Accept-Encoding: gzip, deflate, br, zstd\r\nAuthorization: Bearer {token}\r\n"
+    "Referer: https://app.example.com/orders\r\nOrigin: https://app.example.com\r\n"
+    "Cookie: session=3f9a1c; theme=dark\r\nX-Request-Id: 4f6c1e2a-9b1d-4c3e-8f7a-2d5e6b7c8d9e\r\n"
+    "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\nSec-Fetch-Mode: cors\r\n"
+    "Sec-Fetch-Site: same-site\r\n\r\n"
+)
+_REQUESTS = {
+    "bench": "GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAuthorization: Bearer {token}\r\n\r\n",
+    "browser": _BROWSER,
+}
 _FEW, _MANY = 500, 2500
 
 
@@ -85,7 +102,7 @@ def keys_and_token(folder: Path) -> None:
     (folder / "token").write_text(issuer.mint(sub="bench", ttl=10**9))
 
 
-async def requests(count: int, folder: Path, counting_run: bool) -> None:
+async def requests(count: int, folder: Path, counting_run: bool, kind: str = "bench") -> None:
     from sidecar.app import build_state
     from sidecar.clock import SystemClock
     from sidecar.config import load
@@ -96,7 +113,7 @@ async def requests(count: int, folder: Path, counting_run: bool) -> None:
 
     iss, aud, keys = _ISS, _AUD, folder / "jwks.json"
     token = (folder / "token").read_text()
-    request = f"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
+    request = _REQUESTS[kind].format(token=token).encode()
     raw = {
         "upstream": "http://127.0.0.1:9",
         "log_level": "warning",
@@ -141,12 +158,12 @@ async def requests(count: int, folder: Path, counting_run: bool) -> None:
     await server.runner.cleanup()
 
 
-def counted(count: int, folder: Path) -> int:
+def counted(count: int, folder: Path, kind: str) -> int:
     """Instructions of one run of `count` requests under callgrind."""
     with tempfile.TemporaryDirectory() as tmp:
         out = subprocess.run(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/callgrind.out", sys.executable,
-             __file__, "--run", str(count), "--keys", str(folder)],
+             __file__, "--run", str(count), "--keys", str(folder), "--request", kind],
             capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"}, check=True,
         )  # fmt: skip
     found = re.search(r"Collected : (\d+)", out.stderr)
@@ -158,6 +175,7 @@ def counted(count: int, folder: Path) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=int, metavar="N", help="serve N warm requests in process, without valgrind")
+    parser.add_argument("--request", choices=sorted(_REQUESTS), default="bench", help="the request served (bench)")
     parser.add_argument("--keys", type=Path, help=argparse.SUPPRESS)  # the folder the counting runs share
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -165,10 +183,11 @@ def main() -> None:
         if args.keys is None:
             keys_and_token(folder)
         if args.run is not None:
-            uvloop.run(requests(args.run, folder, counting_run=args.keys is not None))
+            uvloop.run(requests(args.run, folder, args.keys is not None, args.request))
             return
-        few, many = counted(_FEW, folder), counted(_MANY, folder)
-    print(f"{(many - few) / (_MANY - _FEW):,.0f} instructions per warm request (lean engine, in process)")
+        few, many = counted(_FEW, folder, args.request), counted(_MANY, folder, args.request)
+    per = (many - few) / (_MANY - _FEW)
+    print(f"{per:,.0f} instructions per warm request ({args.request}; lean engine, in process)")
 
 
 if __name__ == "__main__":

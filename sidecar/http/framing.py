@@ -89,6 +89,27 @@ def body_framing(lengths: list[bytes], codings: list[bytes], version: str) -> Fr
     return CHUNKED
 
 
+def singleton(name: bytes) -> bytes | None:
+    """A field name, lowered, if a message may carry it once (see `plain_head`); else None."""
+    low = name.lower()
+    return low if low in _SINGLETONS else None
+
+
+_BODY_FIELDS: Final = frozenset({b"content-length", b"transfer-encoding"})
+
+
+def plain_head(singletons: list[bytes], version: str) -> bool:
+    """A request head `framing` would frame without a body and refuse nothing in, told from the `singleton`
+    fields it holds alone: each at most once, no Content-Length or Transfer-Encoding, and Host in HTTP/1.1.
+    Every other head is read by `framing`. The usual GET costs a name lookup per field instead of that reading."""
+    if version == "1.1":
+        if b"host" not in singletons:
+            return False
+    elif version != "1.0":
+        return False
+    return _BODY_FIELDS.isdisjoint(singletons) and len(set(singletons)) == len(singletons)
+
+
 def framing(headers: list[tuple[bytes, bytes]], version: str, is_request: bool, upgrade: bool = False) -> Framing:
     """The one reading of a message's framing headers (already vetted by llhttp), or FramingError.
     `upgrade`: llhttp stops reading at this request (it asked to switch protocols)."""

@@ -14,6 +14,7 @@ import asyncio
 import collections
 import functools
 import logging
+import operator
 import socket
 from collections.abc import Coroutine
 from http import HTTPStatus
@@ -29,7 +30,8 @@ from sidecar.authorize import preflight
 from sidecar.connlimits import HEADER_TIMEOUT, ConnGuard, ConnLimits, HeadRefused
 from sidecar.gate import Admitted, admit, is_websocket
 from sidecar.guard import REJECTED, ConnTimer, OnClose, answer
-from sidecar.http.framing import NO_BODY, Framing, FramingError, framing, refusal
+from sidecar.headers import Memo
+from sidecar.http.framing import NO_BODY, Framing, FramingError, framing, plain_head, refusal, singleton
 from sidecar.http.tunnel import Tunnel
 from sidecar.http.upstream import Cut, Outcome, Reply, UpstreamConn, UpstreamPool
 from sidecar.responses import refused, rejection_parts
@@ -43,6 +45,11 @@ _IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELET
 _HIGH: Final = 256 * 1024  # body bytes buffered from a client before its reading pauses
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _NO_QUERY: Final[MultiDictProxy[str]] = MultiDictProxy(MultiDict())
+_FIRST: Final = operator.itemgetter(0)
+_SECOND: Final = operator.itemgetter(1)
+_NAME: Final = operator.methodcaller("decode", "latin-1")
+_RSTRIP: Final = operator.methodcaller("rstrip", b" \t")
+_VALUE: Final = operator.methodcaller("decode", "utf-8", "surrogateescape")
 
 
 class Body:
@@ -138,6 +145,8 @@ class ClientConn(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
+        self._singleton = server.singleton
+        self._singletons: list[bytes] = []  # the head's fields a message may carry once (framing.plain_head)
         self._parsed: Exchange | None = None  # a head llhttp finished, not yet taken up
         self._bad: Exception | None = None  # why that head is refused
         self._ex: Exchange | None = None  # the request being served
@@ -304,6 +313,8 @@ class ClientConn(asyncio.Protocol):
                 raise FramingError("trailers over the header limits")
             return
         self._headers.append((name, value))
+        if low := self._singleton[name]:
+            self._singletons.append(low)
 
     def on_headers_complete(self) -> None:
         if self._overrun:
@@ -311,12 +322,15 @@ class ClientConn(asyncio.Protocol):
         p = self._parser
         headers, self._headers = self._headers, []
         url, self._url = self._url, b""
+        singletons, self._singletons = self._singletons, []
         version = p.get_http_version()
         upgrade = p.should_upgrade()
-        try:
-            fr = framing(headers, version, True, upgrade)
-        except FramingError as e:
-            self._bad, fr = e, NO_BODY
+        fr = NO_BODY
+        if not plain_head(singletons, version):
+            try:
+                fr = framing(headers, version, True, upgrade)
+            except FramingError as e:
+                self._bad = e
         keep = p.should_keep_alive() and not upgrade
         ex = Exchange(p.get_method().decode("ascii"), url.decode("latin-1"), headers, version, keep, fr)
         ex.upgrade = upgrade
@@ -624,6 +638,7 @@ class LeanServer:
         self.loop = asyncio.get_running_loop()
         self.conns: set[ClientConn] = set()
         self.draining = False
+        self.singleton: Memo[bytes, bytes | None] = Memo(singleton)
         self._pool_cfg = self.state.cfg
         self._pool = self._new_pool()
         self.port = 0
