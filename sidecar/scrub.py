@@ -10,8 +10,9 @@ reader folds them, so a removal may be wider than one framework needs, never nar
 
 from __future__ import annotations
 
+import operator
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 from urllib.parse import unquote, unquote_plus
 
 from multidict import CIMultiDict
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from sidecar.config import Config
 
 RFC6750_QUERY = "access_token"
+_PARTITION: Final = operator.methodcaller("partition", "=")
+_NAME: Final = operator.itemgetter(0)
 _SCHEME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 # SimpleCookie (aiohttp, Bottle) also ends a cookie at whitespace, and RFC 2965 parsers (old servlet
 # containers) at `,`: `a=b session=x` is two cookies to them.
@@ -148,6 +151,10 @@ class TokenForms:
                 headers["Cookie"] = "; ".join(kept)
 
     def _query(self, query: str, source: str, token: str) -> str:
+        # the usual query holds no token parameter: told in C, one memo lookup a parameter
+        names = map(_NAME, map(_PARTITION, query.replace(";", "&").split("&")))
+        if self.params.isdisjoint(map(self._folds.__getitem__, names)):
+            return query
         wanted = source.partition(":")[2] if source.startswith("query:") else None
         out: list[str] = []
         changed = False
