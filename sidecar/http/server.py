@@ -14,7 +14,6 @@ import asyncio
 import collections
 import functools
 import logging
-import operator
 import socket
 from collections.abc import Coroutine
 from http import HTTPStatus
@@ -45,11 +44,6 @@ _IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELET
 _HIGH: Final = 256 * 1024  # body bytes buffered from a client before its reading pauses
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _NO_QUERY: Final[MultiDictProxy[str]] = MultiDictProxy(MultiDict())
-_FIRST: Final = operator.itemgetter(0)
-_SECOND: Final = operator.itemgetter(1)
-_NAME: Final = operator.methodcaller("decode", "latin-1")
-_RSTRIP: Final = operator.methodcaller("rstrip", b" \t")
-_VALUE: Final = operator.methodcaller("decode", "utf-8", "surrogateescape")
 
 
 class Body:
