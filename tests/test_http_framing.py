@@ -111,10 +111,10 @@ _VALUES = st.sampled_from([b"a", b"0", b"12", b"chunked", b"gzip, chunked", b"1,
     st.sampled_from(["1.1", "1.0", "0.9", "2.0"]),
     st.booleans(),
 )
-def test_a_head_passed_as_plain_is_one_framing_reads_as_bodiless_and_refuses_nothing_in(
+def test_a_head_told_plain_is_one_framing_frames_without_a_body_and_does_not_refuse(
     headers: H, version: str, upgrade: bool
 ) -> None:
-    """The lean engine skips `framing` for a head whose singleton weights say plain: it must be a head that
+    """The lean engine skips `framing` for a head its singleton fields tell plain: it must be a head that
     `framing` itself frames without a body and does not refuse."""
     if plain_head([low for name, _ in headers if (low := singleton(name))], version):
         assert framing(headers, version, True, upgrade) is NO_BODY
