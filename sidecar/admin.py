@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import os
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -133,6 +134,7 @@ def admin_app(state: Sidecar, key: web.AppKey[Sidecar]) -> web.Application:
         body = {
             "ready": ready,
             "draining": s.draining,
+            "pid": os.getpid(),  # which worker answered: each has its own view until a reload reaches it
             "providers": {pk.provider.name: {"usable": pk.usable(), "last_error": pk.last_error} for pk in s.keys},
         }
         return _json(body, 200 if ready else 503)

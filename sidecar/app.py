@@ -354,12 +354,15 @@ async def run_until_signal(
         await decision_runner.setup()
         d_host, d_port = _split(cfg.decision.listen)
         await web.TCPSite(decision_runner, d_host, d_port, reuse_address=True, reuse_port=reuse_port).start()
-    # The admin listener opens last: a /readyz that answers means this worker's other listeners accept.
-    await web.TCPSite(admin_runner, admin_host, admin_port, reuse_address=True, reuse_port=reuse_port).start()
     apps = [proxy, *(r.app for r in (admin_runner, decision_runner) if r is not None)]
-    watching: asyncio.Task[None] | None = None
+    reloader: Reloader | None = None
     if source is not None and cfg.reload:
         reloader = Reloader(source, cfg, functools.partial(apply_config, apps), state.metrics, counts_reloads)
+        await reloader.first_look()  # a ready worker has seen the file as it is: a later edit is a reload
+    # The admin listener opens last: a /readyz that answers means this worker's other listeners accept.
+    await web.TCPSite(admin_runner, admin_host, admin_port, reuse_address=True, reuse_port=reuse_port).start()
+    watching: asyncio.Task[None] | None = None
+    if reloader is not None:
         watching = asyncio.create_task(reloader.run(), name="reload")
         hup: Callable[[], None] = reloader.hangup
     else:

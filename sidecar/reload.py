@@ -153,8 +153,9 @@ class Reloader:
         self._counts = counts
         self._gauge = gauge  # the keys process exports no gauges (sidecar.keys.process._no_gauges)
         self._hup = asyncio.Event()
-        # The file is looked at when the watcher starts (run), not here: it may have changed since `running`
-        # was read from it (a worker still starting when an edit lands), and that edit must not be missed.
+        # The file is looked at when the watcher starts (first_look), not here: it may have changed since
+        # `running` was read from it (a worker still starting when an edit lands), and that edit must not be
+        # missed.
         self._seen: str | None = None
         if gauge:
             metrics.config_info.labels(self.loaded.hash).set(1)
@@ -163,15 +164,21 @@ class Reloader:
         """SIGHUP: reload now, whether or not the file changed."""
         self._hup.set()
 
-    async def run(self) -> None:
+    async def first_look(self) -> None:
+        """The file as it is now: remembered, and applied at once if it holds another config than the one this
+        process started with (an edit that landed while it was starting). Once; `run` starts with it."""
         path = self.source.path
-        if path is not None:
-            self._seen = fingerprint(path)
-            try:
-                if self._differs():
-                    await self.reload("file changed")
-            except Exception:  # the watcher outlives any one reload
-                log.exception("config reload failed", extra={"trigger": "file changed"})
+        if path is None or self._seen is not None:
+            return
+        self._seen = fingerprint(path)
+        try:
+            if self._differs():
+                await self.reload("file changed")
+        except Exception:  # the watcher outlives any one reload
+            log.exception("config reload failed", extra={"trigger": "file changed"})
+
+    async def run(self) -> None:
+        await self.first_look()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._hup.wait(), self.started_with.reload_interval)

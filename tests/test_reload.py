@@ -50,13 +50,22 @@ def write(path: Path, raw: dict[str, Any]) -> None:
 def start(path: Path, raw: dict[str, Any]) -> SidecarProcess:
     write(path, raw)
     sc = SidecarProcess(["--config", str(path)]).start()
-    ready(sc)
+    ready(sc, raw.get("workers", 1))
     return sc
 
 
-def ready(sc: SidecarProcess) -> None:
-    """Every worker is ready (start() saw one)."""
-    eventually(lambda: every(lambda: request(sc.admin, path="/readyz").status == 200))
+def ready(sc: SidecarProcess, workers: int = 1) -> None:
+    """Every worker is ready (start() saw one): `workers` of them answered /readyz with 200. A ready worker
+    has looked at the config file, so an edit from now on is a reload, not what a late worker starts with."""
+    seen: set[int] = set()
+
+    def one() -> bool:
+        answer = request(sc.admin, path="/readyz")
+        if answer.status == 200:
+            seen.add(json.loads(answer.body)["pid"])
+        return len(seen) >= workers and answer.status == 200
+
+    eventually(lambda: every(one))
 
 
 def status(sc: SidecarProcess, token: str | None = None, path: str = "/api/x", **headers: str) -> int:
@@ -456,7 +465,7 @@ def test_a_worker_restarted_after_a_reload_serves_the_reloaded_config(
         for pid in before:
             os.kill(pid, signal.SIGKILL)  # every child: the restarted ones can only have the file
         eventually(lambda: len(set(children_of(sc.proc.pid)) - set(before)) == 3, timeout=20)  # type: ignore[union-attr]
-        ready(sc)
+        ready(sc, 2)
         assert every(lambda: status(sc, expired) == 200)
         assert request(sc.admin, path="/admin/config").json()["config"]["expired_grace"] == 300
     finally:
