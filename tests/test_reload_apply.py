@@ -105,6 +105,26 @@ async def test_a_leeway_change_keeps_the_token_cache_and_an_audience_change_star
     assert fresh_issuer.jwks_fetches == 1  # neither change touched the key source
 
 
+async def test_the_first_look_applies_an_edit_made_while_starting_once_and_the_watch_does_not_apply_it_again(
+    make_sidecar: MakeSidecar, fresh_issuer: DevIssuer, upstream: Upstream, tmp_path: Path
+) -> None:
+    """A worker looks at its file before /readyz answers (app.run_until_signal): an edit that landed while it
+    started is in force when it is ready, and the watch that follows counts it as seen."""
+    sc = await make_sidecar(fresh_issuer)
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(yaml.safe_dump(raw_config(fresh_issuer, upstream, leeway=30)))
+    reloader = reloader_for(sc, path)
+    await reloader.first_look()
+    assert sc.client.server.app[STATE].cfg.leeway == 30
+    assert sc.metric("sidecar_config_reloads_total", result="ok") == 1
+    await reloader.first_look()  # once: the watch starts with it
+    watch = asyncio.create_task(reloader.run())
+    await asyncio.sleep(0.05)
+    watch.cancel()
+    await asyncio.gather(watch, return_exceptions=True)
+    assert sc.metric("sidecar_config_reloads_total", result="ok") == 1
+
+
 async def test_a_refused_config_changes_nothing_and_is_counted(
     make_sidecar: MakeSidecar, fresh_issuer: DevIssuer, upstream: Upstream, tmp_path: Path
 ) -> None:
