@@ -4,8 +4,8 @@ A response head is rewritten minimally (hop-by-hop and `Connection`-named header
 client's framing chosen) and its body passed on without decoding; chunked bodies are re-chunked, so the app's
 chunk framing and trailers never reach the client. A connection goes back to the pool only after a complete
 response to a request whose body was sent whole; anything else (an unread or partial body, a framing the
-sidecar refused, bytes after the response) closes it. Flow control runs both ways: a client that reads slowly pauses
-reading from the app, and an app that reads slowly pauses the client's body.
+sidecar refused, bytes after the response) closes it. Flow control runs both ways: a client that reads
+slowly pauses reading from the app, and an app that reads slowly pauses the client's body.
 """
 
 from __future__ import annotations
