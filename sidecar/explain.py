@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import json
 import math
@@ -46,51 +45,23 @@ SHAPE_VERSION = 1  # bumped only when a documented field changes meaning or goes
 EXIT_ALLOWED, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 
 
-class _Nop:
-    """A metric that counts nothing: explaining a token is not a request."""
-
-    def labels(self, *_: object) -> _Nop:
-        return self
-
-    def inc(self, *_: object) -> None:
-        pass
-
-    def observe(self, *_: object) -> None:
-        pass
-
-
-class _QuietMetrics:
-    def __getattr__(self, _name: str) -> _Nop:
-        return _Nop()
+async def _token(
+    v: Verifier, token: str, now: float
+) -> tuple[VerifiedToken | None, float | None, errors.Rejection | None]:
+    """The verified token (also when its times refuse it), its grace seconds, and its refusal."""
+    try:
+        entry = await v._verify_fully(token)
+    except errors.Rejection as r:
+        return None, None, r
+    try:
+        return entry, v.times(entry, now), None
+    except errors.Rejection as r:
+        return entry, None, r
 
 
-class _Recorder:
-    """Stands where the Verifier stands in `authorize`; runs the real Verifier's steps without its cache."""
-
-    def __init__(self, real: Verifier) -> None:
-        self.real = real
-        self.called = False
-        self.verified: VerifiedToken | None = None
-        self.grace: float | None = None
-        self.failed: errors.Rejection | None = None
-
-    def knows(self, token: str) -> bool:
-        return False  # every step runs, as on a cache miss
-
-    def cached(self, token: str) -> None:
-        return None
-
-    async def verify(self, token: str) -> tuple[VerifiedToken, float | None]:
-        self.called = True
-        try:
-            # the same two steps `Verifier.verify` runs on a cache miss: full check, then the time check
-            entry = await self.real._verify_fully(token)
-            self.verified = entry
-            self.grace = self.real.times(entry, self.real.clock.now())
-        except errors.Rejection as r:
-            self.failed = r
-            raise
-        return entry, self.grace
+def _same(a: errors.Rejection | None, b: errors.Rejection) -> bool:
+    """The request's refusal is the token's own (found twice: once by authorize, once by `_token`)."""
+    return a is not None and type(a) is type(b) and a.description == b.description
 
 
 def _iso(t: float) -> str:
@@ -259,19 +230,20 @@ async def explain(
     source = s.cfg.providers[index if index is not None else 0].token_sources[0]
     out["request"]["token_source"] = source
     headers, query = _placed(token, source)
-    recorder = _Recorder(v)
-    view = dataclasses.replace(s, verifier=cast(Verifier, recorder), metrics=cast(Metrics, _QuietMetrics()))
+    # The request's verdict from the real authorize, with a verifier of its own (every step runs, as on a cache
+    # miss) and metrics that nobody scrapes: explaining a token is not a request.
+    quiet = Metrics(private=True)
+    view = dataclasses.replace(s, verifier=v.detached(quiet), metrics=quiet)
     allowed = None
     refusal: errors.Rejection | None = None
     try:
         allowed = await authorize(view, method, canonical, headers, query)
     except errors.Rejection as r:
         refusal = r
-    if not recorder.called:  # a denied route never reads the token; say what it would have been anyway
-        with contextlib.suppress(errors.Rejection):
-            await recorder.verify(token)
+    # The token's own verdict, also where the route never read it (a denied route)
+    verified, grace, token_failure = await _token(view.verifier, token, s.clock.now())
     route = s.rules.route(method, canonical)
-    verdicts = recorder.verified.verdicts if recorder.verified is not None else None
+    verdicts = verified.verdicts if verified is not None else None
     out["route"] = {
         "name": route.name,
         "public": route.public,
@@ -293,8 +265,7 @@ async def explain(
     if not route.rules:
         kind = "denied to everyone" if route.deny else "public (token optional)" if route.public else "any valid token"
         check("route", None, f"{method} {canonical if canonical is not None else path} → rule {route.name!r}: {kind}")
-    token_failure = recorder.failed
-    if token_failure is not None and (refusal is None or refusal is not token_failure):
+    if token_failure is not None and not _same(refusal, token_failure):
         check("token", False, f"{token_failure.reason}: {token_failure.description}")
     if refusal is not None:
         out.update(verdict="refused", reason=refusal.reason, status=refusal.status, description=refusal.description)
@@ -312,7 +283,7 @@ async def explain(
         out["identity_headers"] = {}
     else:
         assert allowed is not None
-        grace = recorder.grace if allowed.verified is not None else None
+        grace = grace if allowed.verified is not None else None
         out.update(verdict="allowed", reason=None, status=200, description=None, grace_seconds=grace)
         how = (
             "in grace"

@@ -280,9 +280,9 @@ class _Declare:
     """Builds each declared metric: local values (also written to the shared files in multiprocess mode), or
     prometheus_client's own metrics (`local=False`: what the sidecar used before; the tests' reference)."""
 
-    def __init__(self, registry: CollectorRegistry, local: bool) -> None:
+    def __init__(self, registry: CollectorRegistry, local: bool, private: bool = False) -> None:
         self.registry, self.local = registry, local
-        self.shared = bool(getattr(_client_values.ValueClass, "_multiprocess", False))
+        self.shared = not private and bool(getattr(_client_values.ValueClass, "_multiprocess", False))
         self.declared: list[_Declared] = []
 
     def _add(self, family: Callable[[], Metric], values: _Family[V]) -> _Family[V]:
@@ -329,10 +329,11 @@ class _Declare:
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None, *, local: bool = True) -> None:
-        """`local=False`: prometheus_client's own metrics, each update under its lock (the tests' reference)."""
+    def __init__(self, registry: CollectorRegistry | None = None, *, local: bool = True, private: bool = False) -> None:
+        """`local=False`: prometheus_client's own metrics, each update under its lock (the tests' reference).
+        `private=True`: counted in this object alone, never in the pod's shared files (`sidecar explain`)."""
         self.registry = registry or CollectorRegistry(auto_describe=True)
-        d = _Declare(self.registry, local)
+        d = _Declare(self.registry, local, private)
         self.auth_success = d.counter("sidecar_auth_success", "Requests with a verified token")
         self.auth_failures = d.counters(
             "sidecar_auth_failures", "Requests rejected for their token, by reason", ["reason"]

@@ -136,6 +136,8 @@ class Verifier:
         metrics: Metrics,
         rules: RuleSet,
         cache: TokenCache | None = None,  # a reload passes the last one on when its entries still hold
+        *,
+        bind: bool = True,
     ) -> None:
         self.cfg = cfg
         self.keys = keys
@@ -146,8 +148,9 @@ class Verifier:
         if cache is None:
             cache = TokenCache(cfg.token_cache_size, len(self._claim_paths), cfg.token_cache_max_bytes)
         self.cache = cache
-        for index, pk in enumerate(keys):
-            pk.on_drop = functools.partial(self.cache.forget_key, index)
+        if bind:  # a key view tells one verifier, the requests', which cached tokens its dropped keys verified
+            for index, pk in enumerate(keys):
+                pk.on_drop = functools.partial(self.cache.forget_key, index)
         self.leeway = cfg.leeway
         self.grace = cfg.expired_grace
         self._by_issuer = {p.issuer: i for i, p in enumerate(cfg.providers)}
@@ -159,6 +162,11 @@ class Verifier:
         self._hits, self._misses = metrics.token_cache.labels("hit"), metrics.token_cache.labels("miss")
         algorithms = get_default_algorithms()
         self._algorithms: dict[str, Algorithm] = {a: algorithms[a] for a in ASYMMETRIC_ALGS}
+
+    def detached(self, metrics: Metrics) -> Verifier:
+        """This verifier's settings, keys and rules with caches of its own and `metrics` to count into: each
+        check runs in full, and what it learns reaches neither the requests' caches nor their metrics."""
+        return Verifier(self.cfg, self.keys, self.clock, metrics, self.rules, bind=False)
 
     def forget(self, provider: int, ident: str) -> int:
         """Drop the cached tokens of the keys a kid or thumbprint names (before they are revoked): how many.
