@@ -670,7 +670,8 @@ class LeanServer:
         self._server = await self.loop.create_server(
             lambda: ClientConn(self), host, port, reuse_address=True, reuse_port=reuse_port or None, backlog=backlog
         )
-        self.port = self._server.sockets[0].getsockname()[1]
+        # uvloop's `sockets` is a list where typeshed says tuple; a compiled build checks the declared type
+        self.port = cast(Any, self._server).sockets[0].getsockname()[1]
 
     @classmethod
     async def start(
