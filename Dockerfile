@@ -41,19 +41,31 @@ RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/python -c "import sysconfig, pathlib; pathlib.Path(sysconfig.get_path('purelib'), 'jwt_sidecar_app.pth').write_text('/opt/app\n')"
 
 # --------------------------------------------------------------------------------------------------
-# The project, installed offline with the locked build backend: no network after the deps layer.
+# The project, installed with the locked build backend and compiled: the modules every request runs become
+# C extensions (mypyc, from the same source; build_support/backend.py lists them). A C compiler and Python's
+# headers live in this stage only (the official base has the headers; a Debian-built base needs python3-dev).
 FROM deps AS app
 
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && { [ -f "$(python3 -c 'import sysconfig; print(sysconfig.get_config_var("INCLUDEPY"))')/Python.h" ] \
+      || apt-get install -y --no-install-recommends python3-dev; } \
+ && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
+COPY build_support ./build_support
 COPY sidecar ./sidecar
-RUN /opt/venv/bin/pip install --no-cache-dir --no-index --no-deps --no-build-isolation --target /opt/app .
+RUN SIDECAR_COMPILE=1 /opt/venv/bin/pip install --no-cache-dir --no-index --no-deps --no-build-isolation \
+        --target /opt/app . \
+ && /opt/venv/bin/python -I -c "import sidecar.gate as m; assert m.__file__.endswith('.so'), m.__file__"
 
 # --------------------------------------------------------------------------------------------------
-# The runtime venv: the dependencies without the installer and the build backend.
+# The runtime venv: the dependencies without the installer, the build backend and the compiler.
 FROM deps AS venv
 
-RUN /opt/venv/bin/pip uninstall --yes setuptools pip
+RUN /opt/venv/bin/pip uninstall --yes setuptools pip mypy mypy-extensions librt ast-serialize pathspec
 
 # --------------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}

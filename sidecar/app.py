@@ -11,9 +11,11 @@ import asyncio
 import contextlib
 import functools
 import gc
+import importlib.machinery
 import logging
 import os
 import signal
+import sys
 import warnings
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -370,7 +372,10 @@ async def run_until_signal(
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGHUP, hup)
     if announce:  # with several workers the parent says it once for the pod
-        log.info("listening", extra={"listen": cfg.listen, "admin": cfg.admin_listen, "upstream": cfg.upstream})
+        log.info(
+            "listening",
+            extra={"listen": cfg.listen, "admin": cfg.admin_listen, "upstream": cfg.upstream, "compiled": compiled()},
+        )
     else:
         log.debug("worker serving", extra={"pid": os.getpid()})
     started()
@@ -394,6 +399,14 @@ async def run_until_signal(
         await decision_runner.cleanup()
     await admin_runner.cleanup()
     log.info("stopped")
+
+
+def compiled() -> int:
+    """How many of the sidecar's modules run as C extensions: a `SIDECAR_COMPILE=1` build, as in the image
+    (docs/performance.md), compiles the request path's; a plain install runs them all as Python (0)."""
+    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    files = [getattr(m, "__file__", None) or "" for name, m in list(sys.modules.items()) if name.startswith("sidecar.")]
+    return sum(1 for f in files if f.endswith(suffixes))
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
@@ -431,7 +444,13 @@ def serve(cfg: Config, workers: int = 1, shared: str | None = None, source: Conf
         return _serve_one(cfg, None, source=source)
     log.info(
         "listening",
-        extra={"listen": cfg.listen, "admin": cfg.admin_listen, "upstream": cfg.upstream, "workers": workers},
+        extra={
+            "listen": cfg.listen,
+            "admin": cfg.admin_listen,
+            "upstream": cfg.upstream,
+            "workers": workers,
+            "compiled": compiled(),
+        },
     )
     return run_workers(
         workers,

@@ -131,7 +131,21 @@ def test_final_stage_has_no_build_tooling() -> None:
     copies = [args for op, args in final if op == "COPY"]
     # only the dependencies' venv and the installed project, never the source tree
     assert copies == ["--from=venv /opt/venv /opt/venv", "--from=app /opt/app /opt/app"]
-    assert "pip uninstall --yes setuptools pip" in runs(stage("venv"))  # no installer left in the copied venv
+    # no installer, build backend or compiler left in the copied venv
+    assert "pip uninstall --yes setuptools pip mypy mypy-extensions librt ast-serialize pathspec" in runs(stage("venv"))
+
+
+def test_the_image_runs_the_compiled_build_and_only_its_build_stage_has_a_compiler() -> None:
+    app = runs(stage("app"))
+    assert "SIDECAR_COMPILE=1 /opt/venv/bin/pip install" in app
+    assert "gcc" in app and "rm -rf /var/lib/apt/lists/*" in app
+    assert ".endswith('.so')" in app  # the build fails if the install did not compile
+    for other in (stage("deps"), stage("venv"), stages()[-1]):
+        assert "gcc" not in runs(other) and "SIDECAR_COMPILE" not in runs(other)
+    # the compiler the lock pins is the one the build backend asks for
+    backend = (ROOT / "build_support" / "backend.py").read_text()
+    pin = re.search(r'^COMPILER = "mypy==(.+)"$', backend, re.M)
+    assert pin is not None and f"mypy=={pin.group(1)} " in (ROOT / "requirements.lock").read_text()
 
 
 def test_build_arguments_come_after_every_layer_of_the_final_stage() -> None:
@@ -195,14 +209,16 @@ def test_dockerignore_sends_only_what_the_build_copies() -> None:
             if op == "COPY" and not args.startswith("--from"):
                 copied.update(p.rstrip("/") for p in shlex.split(args)[:-1])
     assert copied <= allowed, copied - allowed
-    assert copied == {"requirements.lock", "pyproject.toml", "README.md", "sidecar"}
+    assert copied == {"requirements.lock", "pyproject.toml", "setup.py", "build_support", "README.md", "sidecar"}
     for never in ("tests", "helm", ".git", ".ci"):
         assert never not in allowed
     # pyproject's readme must be among the copied files or the wheel build fails
     assert tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["readme"] in copied
 
 
-@pytest.mark.parametrize("path", ["requirements.lock", "pyproject.toml", "sidecar", "README.md"])
+@pytest.mark.parametrize(
+    "path", ["requirements.lock", "pyproject.toml", "setup.py", "build_support/backend.py", "sidecar", "README.md"]
+)
 def test_files_the_build_copies_exist(path: str) -> None:
     assert (ROOT / path).exists(), f"{path} is copied by the Dockerfile but missing from the checkout"
 
