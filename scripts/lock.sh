@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Regenerate requirements.lock, the image's dependency lock: every runtime dependency of pyproject.toml
 # ([project].dependencies), the build backend ([build-system].requires) and the compiler the image's build
-# uses (COMPILER in build_support/backend.py), so the image builds the project offline; resolved for CPython 3.11 on Linux, pinned, with the sha256 of every file PyPI has for
-# each pin (amd64 and arm64 wheels alike). The Dockerfile installs it with `pip install --require-hashes`.
+# uses (COMPILER in build_support/backend.py), so the image builds the project offline; resolved for
+# CPython 3.11 on Linux, pinned, with the sha256 of every file PyPI has for each pin (amd64 and arm64 wheels
+# alike). The Dockerfile installs it with `pip install --require-hashes`.
 #
 #   bash scripts/lock.sh              # after changing dependencies: keeps the pins that still fit
 #   bash scripts/lock.sh --upgrade    # move every pin to the newest allowed version

@@ -6,7 +6,8 @@
 #
 #   bash scripts/test-compiled.sh [pytest args]    # after scripts/test.sh made .venv; needs a C compiler
 #
-# scripts/test.sh runs it after the main suite. The build fetches setuptools and mypy (the compiler) from PyPI.
+# scripts/test.sh runs it after the main suite. The build fetches setuptools, mypy (the compiler) and the
+# runtime dependencies (whose types the compiler reads) from PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD

@@ -283,7 +283,8 @@ async def explain(
         out["identity_headers"] = {}
     else:
         assert allowed is not None
-        grace = grace if allowed.verified is not None else None
+        if allowed.verified is None:
+            grace = None  # forwarded without a token (a public path): no grace to speak of
         out.update(verdict="allowed", reason=None, status=200, description=None, grace_seconds=grace)
         how = (
             "in grace"
