@@ -429,9 +429,10 @@ def test_after_a_source_change_the_image_rebuilds_without_network_and_keeps_the_
 ) -> None:
     ctx = tmp_path / "ctx"
     ctx.mkdir()
-    for name in ("Dockerfile", ".dockerignore", "requirements.lock", "pyproject.toml", "README.md"):
+    for name in ("Dockerfile", ".dockerignore", "requirements.lock", "pyproject.toml", "setup.py", "README.md"):
         shutil.copy2(ROOT / name, ctx / name)
-    shutil.copytree(ROOT / "sidecar", ctx / "sidecar", ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("sidecar", "build_support"):
+        shutil.copytree(ROOT / folder, ctx / folder, ignore=shutil.ignore_patterns("__pycache__"))
     with (ctx / "sidecar" / "__init__.py").open("a") as f:
         f.write("\n# a source change\n")
     with (ctx / "README.md").open("a") as f:
