@@ -42,6 +42,21 @@ class Admitted:
     scan: FormScan | None  # a form body to read in flight (formbody.py)
     expires_at: float | None  # a WebSocket opened now must close at this wall time
 
+    # Written out: a dataclass's generated __init__ stays Python in the compiled build (~2,000 instructions).
+    def __init__(
+        self,
+        allowed: Allowed,
+        path_qs: str,
+        headers: CIMultiDict[str],
+        scan: FormScan | None,
+        expires_at: float | None,
+    ) -> None:
+        self.allowed = allowed
+        self.path_qs = path_qs
+        self.headers = headers
+        self.scan = scan
+        self.expires_at = expires_at
+
 
 def is_websocket(method: str, headers: CIMultiDictProxy[str]) -> bool:
     return (

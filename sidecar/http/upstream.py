@@ -46,6 +46,26 @@ class Reply:
     head_at: float = 0.0  # loop time the app's head arrived
     status: int = 0
 
+    # Written out: a dataclass's generated __init__ stays Python in the compiled build (~2,000 instructions).
+    def __init__(
+        self,
+        client: asyncio.Transport,
+        method: str,
+        http10: bool,
+        keep_alive: bool,
+        extra: tuple[tuple[str, str], ...],
+        websocket: bool = False,
+    ) -> None:
+        self.client = client
+        self.method = method
+        self.http10 = http10
+        self.keep_alive = keep_alive
+        self.extra = extra
+        self.websocket = websocket
+        self.head_sent = False
+        self.head_at = 0.0
+        self.status = 0
+
 
 class Cut(Exception):
     """The response broke off after its head reached the client: the client's connection must close."""
