@@ -7,8 +7,8 @@ fewer instructions per request (docs/performance.md). The image is built this wa
 installed beside the extensions, which Python imports first.
 
 Compiling asks for mypy (and the runtime dependencies, whose types it reads) in the build environment only
-then: a plain install downloads no compiler. An
-editable install (-e) is never compiled: the extensions would hide every edit made to the source.
+then: a plain install downloads no compiler. An editable install (-e) is never compiled: the extensions
+would hide every edit made to the source.
 """
 
 from __future__ import annotations
