@@ -29,6 +29,7 @@ COMPILED = (
     "http/upstream.py",
     "http/framing.py",
     "http/tunnel.py",
+    "http/outbox.py",
     "gate.py",
     "authorize.py",
     "extract.py",
@@ -46,6 +47,8 @@ COMPILED = (
     "responses.py",
     "metrics.py",
     "clock.py",
+    "state.py",
+    "conntimer.py",
 )
 
 

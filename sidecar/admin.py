@@ -24,7 +24,7 @@ from sidecar.config import Config
 from sidecar.metrics import exposition
 
 if TYPE_CHECKING:
-    from sidecar.app import Sidecar
+    from sidecar.state import Sidecar
 
 log = logging.getLogger("sidecar.admin")
 ADMIN_HEADER = "X-Sidecar-Admin"

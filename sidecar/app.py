@@ -18,10 +18,8 @@ import signal
 import sys
 import warnings
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
@@ -36,7 +34,7 @@ from sidecar.decision import decision_app
 from sidecar.gate import admit, is_websocket
 from sidecar.guard import GuardedRunner, OnClose, counting
 from sidecar.headers import GRACE_SUFFIX, REPORT_SUFFIX, HeaderPolicy
-from sidecar.http.server import LeanServer
+from sidecar.http.server import LEAN, LeanServer
 from sidecar.keys.channel import LocalChannel, SocketChannel, line_limit
 from sidecar.keys.hub import KeyHub, same_key_source
 from sidecar.keys.process import run_keys_process, socket_path
@@ -49,6 +47,7 @@ from sidecar.reload import ConfigSource, Loaded, Reloader, config_hash, current
 from sidecar.responses import reject, setup_logging
 from sidecar.rules import RuleSet
 from sidecar.scrub import TokenForms
+from sidecar.state import Sidecar
 from sidecar.token_cache import TokenCache
 from sidecar.verify import Verifier
 from sidecar.websocket import proxy_websocket
@@ -56,42 +55,6 @@ from sidecar.workers import run_workers
 
 log = logging.getLogger("sidecar")
 T = TypeVar("T")
-
-
-@dataclass
-class Sidecar:
-    """Everything a request or the admin port needs, built once from config."""
-
-    cfg: Config
-    clock: Clock
-    metrics: Metrics
-    keys: list[KeyView]  # the pod's key state, as this worker sees it
-    channel: LocalChannel | SocketChannel  # to the pod's fetchers: in this process, or the keys process
-    verifier: Verifier
-    cors: CorsPolicy
-    headers: HeaderPolicy
-    forms: TokenForms
-    overrides: MethodOverride
-    rules: RuleSet
-    token_sources: tuple[str, ...]  # every provider's sources, each once
-    grace_header: str
-    loaded: Loaded  # which config this is: hash, generation (see sidecar.reload)
-    report_header: str = "X-Auth-Report"  # identity_header_prefix + REPORT_SUFFIX (build_state)
-    claim_headers: tuple[tuple[str, str], ...] = ()  # cfg.all_claim_headers, computed once
-    draining: bool = False
-    upstream: aiohttp.ClientSession | None = None
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
-
-    def ready(self) -> bool:
-        # all routes in report mode: no usable keys is reported per request, never an outage by readiness
-        return not self.draining and (not self.rules.enforces or all(pk.usable() for pk in self.keys))
-
-    def refresh_gauges(self) -> None:
-        """Gauges computed from state (key-set age, staleness, readiness, cache size); expires retired keys."""
-        for pk in self.keys:
-            pk.update_gauges()
-        self.metrics.ready.set(1 if self.ready() else 0)
-        self.metrics.token_cache_entries.set(len(self.verifier.cache))
 
 
 STATE = web.AppKey("sidecar", Sidecar)
@@ -204,6 +167,8 @@ async def apply_config(apps: list[web.Application], cfg: Config, loaded: Loaded)
         warnings.simplefilter("ignore", DeprecationWarning)
         for app in apps:
             app[STATE] = new
+            if (lean := app.get(LEAN)) is not None:
+                lean.state = new
 
 
 async def handle(request: web.Request) -> web.StreamResponse:

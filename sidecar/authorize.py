@@ -15,7 +15,7 @@ from sidecar.extract import find_token
 from sidecar.rules import CLAIM_MISMATCH, INSUFFICIENT_SCOPE, WRONG_PROVIDER, Route
 
 if TYPE_CHECKING:
-    from sidecar.app import Sidecar
+    from sidecar.state import Sidecar
     from sidecar.token_cache import VerifiedToken
 
 

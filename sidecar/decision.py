@@ -37,7 +37,7 @@ from sidecar.rules import RuleSet
 from sidecar.target import Readings
 
 if TYPE_CHECKING:
-    from sidecar.app import Sidecar
+    from sidecar.state import Sidecar
 
 _ORIGINAL = (("X-Original-Method", "X-Original-URI"), ("X-Forwarded-Method", "X-Forwarded-Uri"))
 NGINX_URI = "X-Original-URI"

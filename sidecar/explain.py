@@ -39,7 +39,7 @@ from sidecar.token_cache import VerifiedToken
 from sidecar.verify import Verifier
 
 if TYPE_CHECKING:
-    from sidecar.app import Sidecar
+    from sidecar.state import Sidecar
 
 SHAPE_VERSION = 1  # bumped only when a documented field changes meaning or goes away (docs/explain.md)
 EXIT_ALLOWED, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2

@@ -20,7 +20,7 @@ from sidecar.responses import report
 from sidecar.rules import encode, normalise
 
 if TYPE_CHECKING:
-    from sidecar.app import Sidecar
+    from sidecar.state import Sidecar
 
 
 class Seen(Protocol):

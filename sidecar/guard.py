@@ -25,13 +25,11 @@ from aiohttp.web_response import StreamResponse
 from aiohttp.web_server import Server
 
 from sidecar.connlimits import HEADER_TIMEOUT, ConnGuard, ConnLimits, HeadRefused
+from sidecar.conntimer import ConnTimer
 from sidecar.errors import BadRequest, HeadersTooLarge, RequestLineTooLong
 from sidecar.metrics import Metrics
 
 log = logging.getLogger("sidecar.conn")
-
-# How long a refused or timed-out client's remaining bytes are drained after the answer (nginx: lingering_close).
-_LINGER_SECONDS = 1.0
 
 # A refused head is a rejected request: its reason (errors.py), by the status it gets.
 REJECTED = {400: BadRequest.reason, 414: RequestLineTooLong.reason, 431: HeadersTooLarge.reason}
@@ -50,46 +48,6 @@ def answer(status: int, reason: str, description: str) -> bytes:
         "Connection: close\r\n\r\n"
     )
     return head.encode() + body
-
-
-class ConnTimer:
-    """A connection's one timer, for either engine: at the guard's deadline if one is due, else within the
-    guard's period. It is moved only to fire earlier; firing early, the owner's callback re-arms it."""
-
-    __slots__ = ("_at", "_fire", "_handle", "_loop")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, fire: Callable[[], None]) -> None:
-        self._loop = loop
-        self._fire = fire
-        self._handle: asyncio.TimerHandle | None = None
-        self._at = 0.0
-
-    def arm(self, guard: ConnGuard) -> None:
-        when = guard.deadline if guard.deadline is not None else self._loop.time() + guard.period
-        if self._handle is not None:
-            if self._at <= when:
-                return  # fires early and re-arms itself
-            self._handle.cancel()
-        self._at = when
-        self._handle = self._loop.call_at(when, self._fired)
-
-    def fires_by(self, when: float) -> bool:
-        """Is the timer set to fire no later than `when`?"""
-        return self._handle is not None and self._at <= when
-
-    def _fired(self) -> None:
-        self._handle = None
-        self._fire()
-
-    def linger(self, then: Callable[[], None]) -> None:
-        """After an answer that closes: `then` once the client had _LINGER_SECONDS to read it."""
-        self.cancel()
-        self._handle = self._loop.call_later(_LINGER_SECONDS, then)
-
-    def cancel(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
 
 
 class GuardedHandler(RequestHandler):

@@ -17,8 +17,8 @@ from multidict import CIMultiDict
 from sidecar.errors import CorsRejected, Rejection
 
 if TYPE_CHECKING:
-    from sidecar.app import Sidecar
     from sidecar.gate import Seen
+    from sidecar.state import Sidecar
 
 log = logging.getLogger("sidecar.auth")
 RETRY_AFTER_SECONDS = 5

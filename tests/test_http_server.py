@@ -19,13 +19,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from sidecar.app import Sidecar, build_state
+from sidecar.app import build_state
 from sidecar.clock import FakeClock
 from sidecar.config import load
 from sidecar.connlimits import ConnLimits
 from sidecar.devtools.issuer import DevIssuer
 from sidecar.guard import counting
 from sidecar.http.server import LeanServer
+from sidecar.state import Sidecar
 from sidecar.websocket import POLICY_VIOLATION
 from tests.conftest import AUDIENCE, Upstream
 
@@ -374,6 +375,47 @@ async def test_a_pooled_connection_the_app_dropped_is_retried_once_for_a_get_but
     post = b"POST /public/c HTTP/1.1\r\nHost: app\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc"
     assert statuses(await exchange(sc.port, post)) == [502]
     assert sc.metric("sidecar_upstream_errors_total", kind="upstream_unavailable") == 1
+
+
+async def test_many_clients_at_once_each_get_their_own_answers_in_order(start: Start, raw_app: Any) -> None:
+    # Writes of one loop round go out together at its end (http/outbox.py): under load, every connection must
+    # still get its own answers, whole and in order, and the app each request once.
+    def echo(c: int, n: int) -> bytes:
+        path = app.received[-1].split(b" ")[1]
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(path), path)
+
+    app = await raw_app(echo)
+    sc = await start(app.url)
+
+    async def client(i: int) -> list[bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", sc.port)
+        bodies = []
+        try:
+            for j in range(5):
+                writer.write(get(f"/public/{i}/{j}"))
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                length = int(re.search(rb"Content-Length: (\d+)", head).group(1))  # type: ignore[union-attr]
+                bodies.append(await asyncio.wait_for(reader.readexactly(length), 10))
+        finally:
+            writer.close()
+        return bodies
+
+    answers = await asyncio.gather(*(client(i) for i in range(40)))
+    for i, bodies in enumerate(answers):
+        assert bodies == [f"/public/{i}/{j}".encode() for j in range(5)]
+    assert len(app.received) == 200
+
+
+async def test_the_apps_answer_time_is_observed_once_a_request_from_the_first_write_a_retry_included(
+    start: Start, raw_app: Any
+) -> None:
+    app = await raw_app(lambda c, n: OK if n == 1 else None)  # the second request is retried on a new connection
+    sc = await start(app.url)
+    for path in ("/public/a", "/public/b"):
+        assert statuses(await exchange(sc.port, get(path, None, "Connection: close"))) == [200]
+    assert app.connections == 2
+    assert sc.metric("sidecar_upstream_duration_seconds_count") == 2
+    assert 0 <= (sc.metric("sidecar_upstream_duration_seconds_sum") or 0) < 5
 
 
 async def test_an_apps_answer_with_ambiguous_framing_is_a_502_and_its_connection_is_dropped(

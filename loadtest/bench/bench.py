@@ -371,8 +371,11 @@ def main() -> int:
                                               "-c", str(nginx_conf(work, out.parent, ngx_port))])
 
         def sidecar_argv(port: int, admin: int, workers: int, engine: str) -> list[str]:
+            # -I: the sidecar installed in this venv (the compiled build too), not the checkout's source, which
+            # `-m` would find first from this working directory
             return [
-                py, "-m", "sidecar", "run", "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}",
+                py, "-I", "-m", "sidecar", "run",
+                "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}",
                 "--upstream", upstream, "--jwks-url", info["jwks_url"], "--issuer", info["issuer"],
                 "--audience", info["audience"], "--log-level", "warning", "--workers", str(workers),
                 "--proxy-engine", engine,

@@ -124,9 +124,9 @@ async def requests(count: int, folder: Path, counting_run: bool, kind: str = "be
     while not state.ready():
         await asyncio.sleep(0.02)
     app, client = Transport(), Transport()
-    upstream = UpstreamConn(server.pool)
+    upstream = UpstreamConn(server.pool(server.state.cfg))
     upstream.connection_made(app)
-    server.pool.put(upstream)
+    server.pool(server.state.cfg).put(upstream, server.loop.time())
     conn = ClientConn(server)
     conn.connection_made(client)
 

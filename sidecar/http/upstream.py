@@ -23,6 +23,7 @@ import httptools
 from sidecar import errors
 from sidecar.headers import HOP_BY_HOP, Memo
 from sidecar.http.framing import NO_BODY, FramingError, body_framing
+from sidecar.http.outbox import Outbox
 from sidecar.metrics import Metrics
 
 _HOP: Final = frozenset(h.encode() for h in HOP_BY_HOP)
@@ -43,6 +44,7 @@ class Reply:
     extra: tuple[tuple[str, str], ...]  # CORS headers for every answer
     websocket: bool = False  # a 101 is expected: the relay stops at the head and hands both sides to a tunnel
     head_sent: bool = False
+    sent_at: float = 0.0  # loop time the request's head was first written to the app (a retry keeps it)
     head_at: float = 0.0  # loop time the app's head arrived
     status: int = 0
 
@@ -63,6 +65,7 @@ class Reply:
         self.extra = extra
         self.websocket = websocket
         self.head_sent = False
+        self.sent_at = 0.0
         self.head_at = 0.0
         self.status = 0
 
@@ -126,7 +129,7 @@ class UpstreamConn(asyncio.Protocol):
         self._complete = False
         self._info = False  # the current message is a 1xx
         self._keep = False  # the app keeps this connection open after the current response
-        self._last = 0.0
+        self.active_at = 0.0  # loop time of the last read, or of the request head's write: the read timeout's start
         self._timer: asyncio.TimerHandle | None = None
         self._drain: asyncio.Future[None] | None = None
         self._paused = False
@@ -172,7 +175,7 @@ class UpstreamConn(asyncio.Protocol):
             self.close()  # bytes nobody asked for: this connection can no longer be trusted to frame
             return
         self.received = True
-        self._last = self.pool.loop.time()
+        self.active_at = self.pool.loop.time()
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as up:
@@ -213,7 +216,7 @@ class UpstreamConn(asyncio.Protocol):
             raise FramingError("a 101 to a request that asked for no upgrade")
         self._keep = p.should_keep_alive()  # llhttp forgets this once the message is complete
         reply.status = status
-        reply.head_at = self.pool.loop.time()
+        reply.head_at = self.active_at  # this read's loop time (data_received)
         no_body = reply.method == "HEAD" or status in _NO_BODY_STATUS or status == 101
         if not self.pool.plain_phrase[reason]:
             reason = b""  # a phrase with controls (llhttp lets NUL through there) is dropped, not relayed
@@ -237,8 +240,8 @@ class UpstreamConn(asyncio.Protocol):
             fr = body_framing(lengths, codings, p.get_http_version())
             if named and (named := named - _PLAIN_CONNECTION):
                 kept = [pair for pair in kept if pair[0].lower() not in named]
-            if kept:
-                out.append(b"\r\n".join(map(b": ".join, kept)) + b"\r\n")
+            for name, value in kept:  # pieces for the one join below: a join per field costs more
+                out += (name, b": ", value, b"\r\n")
         for extra_name, extra_value in reply.extra if status != 101 else ():
             out.append(f"{extra_name}: {extra_value}\r\n".encode("latin-1"))
         if fr.length is not None and status != 204:
@@ -295,16 +298,18 @@ class UpstreamConn(asyncio.Protocol):
         self.received = self._complete = self._chunk = self._eof_ends = self._info = self._keep = False
         self._in_body = False
         self.finished = Outcome()
-        self._last = loop.time()
+        self.active_at = loop.time()
+        if not reply.sent_at:
+            reply.sent_at = self.active_at
         if self._timer is None:
-            # one timer per connection, moved lazily: it re-arms itself from `_last` when it fires early
-            self._timer = loop.call_at(self._last + self.pool.read_timeout, self._check_timeout)
-        self.transport.write(head)
+            # one timer per connection, moved lazily: it re-arms itself from `active_at` when it fires early
+            self._timer = loop.call_at(self.active_at + self.pool.read_timeout, self._check_timeout)
+        self.pool.outbox.write(self.transport, head)
         return self.finished
 
     def write(self, data: bytes) -> None:
         if self.transport is not None:
-            self.transport.write(data)
+            self.pool.outbox.write(self.transport, data)
 
     async def drain(self) -> None:
         if self.transport is None:
@@ -318,7 +323,7 @@ class UpstreamConn(asyncio.Protocol):
         self._timer = None
         if self.finished is None or self.finished.ended or self.transport is None:
             return  # nothing in flight: the next request arms it again
-        due = self._last + self.pool.read_timeout
+        due = self.active_at + self.pool.read_timeout
         if self.pool.loop.time() < due:
             self._timer = self.pool.loop.call_at(due, self._check_timeout)
             return
@@ -332,9 +337,9 @@ class UpstreamConn(asyncio.Protocol):
             client = self.reply.client
             if not client.is_closing():
                 if len(self._out) == 1:
-                    client.write(self._out[0])
+                    self.pool.outbox.write(client, self._out[0])
                 else:
-                    client.writelines(self._out)  # one vectored write: the body's bytes are not copied
+                    self.pool.outbox.writelines(client, self._out)
             self._out.clear()
 
     def _end(self, failure: BaseException | None) -> None:
@@ -345,7 +350,7 @@ class UpstreamConn(asyncio.Protocol):
         """The exchange is over: back to the pool if the connection can carry another, else closed."""
         self.reply, self.finished = None, None
         if body_sent and self._complete and self.upgraded is None and self._keep:
-            self.pool.put(self)
+            self.pool.put(self, self.active_at)  # idle since the response's last bytes
         else:
             self.close()
 
@@ -366,6 +371,7 @@ class UpstreamConn(asyncio.Protocol):
             self._timer = None
         self.pool.forget(self)
         if self.transport is not None:
+            self.pool.outbox.flush()  # what was written to it goes first
             self.transport.close()
 
 
@@ -386,7 +392,7 @@ def _plain_phrase(reason: bytes) -> bool:
 class UpstreamPool:
     """Keep-alive connections to the app, most recently used first."""
 
-    def __init__(self, url: str, connect_timeout: float, read_timeout: float, metrics: Metrics) -> None:
+    def __init__(self, url: str, connect_timeout: float, read_timeout: float, metrics: Metrics, outbox: Outbox) -> None:
         parts = urlsplit(url)
         self.url = url
         self.host = parts.hostname or "127.0.0.1"
@@ -394,6 +400,7 @@ class UpstreamPool:
         self.ssl: ssl.SSLContext | None = ssl.create_default_context() if parts.scheme == "https" else None
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
         self.metrics = metrics
+        self.outbox = outbox  # the engine's one outbox: the app's requests and the clients' answers
         self.loop = asyncio.get_running_loop()
         self._idle: list[UpstreamConn] = []
         self.dropped: Memo[bytes, bool] = Memo(_dropped)
@@ -432,8 +439,9 @@ class UpstreamPool:
             raise errors.UpstreamUnavailable(f"the app refused the connection ({e.__class__.__name__})") from None
         return conn
 
-    def put(self, conn: UpstreamConn) -> None:
-        conn.idle_since = self.loop.time()
+    def put(self, conn: UpstreamConn, since: float) -> None:
+        """Keep `conn`, idle since loop time `since`."""
+        conn.idle_since = since
         self._idle.append(conn)
         if len(self._idle) > _MAX_IDLE:
             self._idle.pop(0).close()
