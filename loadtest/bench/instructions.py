@@ -124,9 +124,10 @@ async def requests(count: int, folder: Path, counting_run: bool, kind: str = "be
     while not state.ready():
         await asyncio.sleep(0.02)
     app, client = Transport(), Transport()
-    upstream = UpstreamConn(server.pool(server.state.cfg))
+    pool = server.pool(server.state.cfg)
+    upstream = UpstreamConn(pool)
     upstream.connection_made(app)
-    server.pool(server.state.cfg).put(upstream, server.loop.time())
+    pool.put(upstream, server.loop.time())
     conn = ClientConn(server)
     conn.connection_made(client)
 
