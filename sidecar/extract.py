@@ -15,6 +15,7 @@ from typing import Final
 from multidict import CIMultiDictProxy, MultiMapping
 
 from sidecar.errors import Malformed, MissingToken, MultipleTokens, TokenTooLarge
+from sidecar.headers import AUTHORIZATION, COOKIE
 
 # RFC 6750 b64token: these characters, then any `=`. Checking a 600-byte token costs 12,000-15,000 machine
 # instructions whichever way (compiled pattern, bytes.translate), 5-7 % of a whole proxied request: a token
@@ -40,7 +41,7 @@ def _bearer(values: list[str]) -> list[str]:
 
 def _cookies(headers: CIMultiDictProxy[str], name: str) -> list[str]:
     found = []
-    for header in headers.getall("Cookie", ()):
+    for header in headers.getall(COOKIE, ()):
         for part in header.split(";"):
             key, eq, value = part.partition("=")
             # Starlette, Django, Go, Express and Werkzeug all trim the name and value: `session = x` is `session`
@@ -70,18 +71,18 @@ def find_token(
     checks before (one the verifier holds), whose characters need not be checked again."""
     if sources == _DEFAULT and "access_token" not in query:
         # the common case, without the general loop: one Authorization header with a bearer token
-        values = headers.getall("Authorization", [])
+        values = headers.getall(AUTHORIZATION, [])
         if len(values) == 1:
             scheme, _, token = values[0].strip().partition(" ")
             if scheme.lower() == "bearer" and token:
                 return _checked(token.strip(" "), BEARER, max_bytes, known)
-    if len(headers.getall("Authorization", ())) > 1:
+    if len(headers.getall(AUTHORIZATION, ())) > 1:
         raise MultipleTokens("more than one Authorization header")
     found: list[tuple[str, str]] = []
     for source in sources:
         kind, _, name = source.partition(":")
         if source == BEARER:
-            values = _bearer(headers.getall("Authorization", []))
+            values = _bearer(headers.getall(AUTHORIZATION, []))
         elif kind == "header":
             values = [v.strip() for v in headers.getall(name, [])]
         elif kind == "cookie":
@@ -95,8 +96,8 @@ def find_token(
         # RFC 6750 §2.3 is off unless configured: URIs end up in logs, so tokens there are refused
         raise MissingToken("tokens in the query string are not accepted here; use the Authorization header")
     if not found:
-        if any(source == BEARER for source in sources) and "Authorization" in headers:
-            if _BEARERISH.match(headers["Authorization"]):
+        if any(source == BEARER for source in sources) and AUTHORIZATION in headers:
+            if _BEARERISH.match(headers[AUTHORIZATION]):
                 raise MissingToken("Authorization: Bearer must be followed by a space, then the token")
             raise MissingToken("Authorization scheme is not Bearer")
         raise MissingToken()

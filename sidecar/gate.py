@@ -16,6 +16,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
 from sidecar import errors
 from sidecar.authorize import Allowed, authorize
 from sidecar.formbody import FormScan, check_encoding, content_type, form_kind
+from sidecar.headers import CONNECTION, HOST, UPGRADE, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO
 from sidecar.responses import report
 from sidecar.rules import encode, normalise
 
@@ -61,8 +62,8 @@ class Admitted:
 def is_websocket(method: str, headers: CIMultiDictProxy[str]) -> bool:
     return (
         method == "GET"
-        and headers.get("Upgrade", "").lower() == "websocket"
-        and "upgrade" in headers.get("Connection", "").lower()
+        and headers.get(UPGRADE, "").lower() == "websocket"
+        and "upgrade" in headers.get(CONNECTION, "").lower()
     )
 
 
@@ -100,12 +101,12 @@ async def admit(
         if allowed.route.strip_authorization:
             raw_query = s.forms.scrub(out, raw_query, None)
         out[s.report_header] = allowed.reported.reason
-    prior = headers.getall("X-Forwarded-For", ())
-    out["X-Forwarded-For"] = ", ".join((*prior, peer or "unknown"))
+    prior = headers.getall(X_FORWARDED_FOR, ())
+    out[X_FORWARDED_FOR] = ", ".join((*prior, peer or "unknown"))
     # An ingress or load balancer in front already set these for the original client: keep theirs.
-    out.setdefault("X-Forwarded-Proto", scheme)
-    out.setdefault("X-Forwarded-Host", host)
-    out["Host"] = host
+    out.setdefault(X_FORWARDED_PROTO, scheme)
+    out.setdefault(X_FORWARDED_HOST, host)
+    out[HOST] = host
     # a plain path is its own canonical form (rules.normalise returns it as it is): nothing to re-encode
     target = path if canonical is None or canonical is path else encode(canonical)
     path_qs = target + "?" + raw_query if raw_query else target

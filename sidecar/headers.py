@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar
 
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 if TYPE_CHECKING:
     from sidecar.config import Config
 
-X_FORWARDED_FOR = "X-Forwarded-For"
-X_FORWARDED_PROTO = "X-Forwarded-Proto"
-X_FORWARDED_HOST = "X-Forwarded-Host"
+# Names as multidict's case-insensitive strings, as aiohttp's `hdrs` has them: a multidict folds a plain
+# string's case on every lookup and assignment, an `istr`'s once (about a third of a lookup's time).
+AUTHORIZATION: Final = istr("Authorization")
+CONNECTION: Final = istr("Connection")
+CONTENT_LENGTH: Final = istr("Content-Length")
+COOKIE: Final = istr("Cookie")
+EXPECT: Final = istr("Expect")
+HOST: Final = istr("Host")
+ORIGIN: Final = istr("Origin")
+UPGRADE: Final = istr("Upgrade")
+X_FORWARDED_FOR: Final = istr("X-Forwarded-For")
+X_FORWARDED_PROTO: Final = istr("X-Forwarded-Proto")
+X_FORWARDED_HOST: Final = istr("X-Forwarded-Host")
 # Set by the sidecar (inside the identity namespace, so a client can never send them):
 GRACE_SUFFIX = "Token-Expired-Seconds"  # seconds past `exp` of a token accepted inside expired_grace
 REPORT_SUFFIX = "Report"  # report mode: the reason the request would have been refused
@@ -40,7 +50,13 @@ _PROTECTED = SIDECAR_SET | {"authorization"}
 
 def connection_named(headers: CIMultiDictProxy[str]) -> set[str]:
     """Header names listed in `Connection` (RFC 9110 §7.6.1): hop-by-hop for this one connection."""
-    return {t.strip().lower() for value in headers.getall("Connection", ()) for t in value.split(",") if t.strip()}
+    return {t.strip().lower() for value in headers.getall(CONNECTION, ()) for t in value.split(",") if t.strip()}
+
+
+def field_name(raw: bytes) -> istr:
+    """A field name as read from the wire (any byte may be there: latin-1 keeps each), with its case kept and
+    folded once for the multidict the request's fields go into (the lean engine remembers it per name)."""
+    return istr(raw.decode("latin-1"))
 
 
 def identity_key(name: str) -> str:
@@ -128,7 +144,7 @@ class HeaderPolicy:
         """The client's headers minus hop-by-hop, `Connection`-named, identity-namespace and foreign identity
         headers."""
         # `Connection` never removes what the sidecar sets, nor the token it just verified
-        named = connection_named(headers) - _PROTECTED if "Connection" in headers else None
+        named = connection_named(headers) - _PROTECTED if CONNECTION in headers else None
         seen = self._seen
         if named:
             return CIMultiDict((n, v) for n, v in headers.items() if not seen[n] and n.lower() not in named)

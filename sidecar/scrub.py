@@ -17,7 +17,7 @@ from urllib.parse import unquote, unquote_plus
 
 from multidict import CIMultiDict
 
-from sidecar.headers import Memo, identity_key
+from sidecar.headers import AUTHORIZATION, COOKIE, Memo, identity_key
 
 if TYPE_CHECKING:
     from sidecar.config import Config
@@ -98,12 +98,12 @@ class TokenForms:
         self._authorization(headers, token if source == "header" else None)
         if self._headers:
             self._named_headers(headers, source, token)
-        if self._cookies and "Cookie" in headers:
+        if self._cookies and COOKIE in headers:
             self._cookie(headers, source, token)
         return self._query(query, source, token) if query else query
 
     def _authorization(self, headers: CIMultiDict[str], token: str | None) -> None:
-        values = headers.getall("Authorization", ())
+        values = headers.getall(AUTHORIZATION, ())
         if not values:
             return
         if token is not None and len(values) == 1 and values[0][7:] == token and values[0][:7].lower() == "bearer ":
@@ -115,9 +115,9 @@ class TokenForms:
             or (self._passthrough and auth_scheme(v) in self._passthrough)
         ]
         if len(keep) != len(values):
-            headers.popall("Authorization")
+            headers.popall(AUTHORIZATION)
             for v in keep:
-                headers.add("Authorization", v)
+                headers.add(AUTHORIZATION, v)
 
     def _named_headers(self, headers: CIMultiDict[str], source: str, token: str) -> None:
         wanted = source.partition(":")[2].lower() if source.startswith("header:") else None
@@ -130,7 +130,7 @@ class TokenForms:
 
     def _cookie(self, headers: CIMultiDict[str], source: str, token: str) -> None:
         wanted = source.partition(":")[2] if source.startswith("cookie:") else None
-        values = headers.getall("Cookie")
+        values = headers.getall(COOKIE)
         parts = [p for v in values for p in v.split(";")]
         kept: list[str] = []
         changed = len(values) > 1  # several Cookie headers become one, as HTTP/2 does: the app reads them all
@@ -145,10 +145,10 @@ class TokenForms:
             else:
                 changed = True
         if changed:
-            headers.popall("Cookie")
+            headers.popall(COOKIE)
             kept = [p for p in kept if p]
             if kept:
-                headers["Cookie"] = "; ".join(kept)
+                headers[COOKIE] = "; ".join(kept)
 
     def _query(self, query: str, source: str, token: str) -> str:
         # the usual query holds no token parameter: told in C, one memo lookup a parameter

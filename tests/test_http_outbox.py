@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
-from sidecar.http.outbox import SMALL, Outbox
+from sidecar.http.outbox import CALM_ROUNDS, LOOK_EVERY, SMALL, Outbox
 
 
 class Recorder:
@@ -81,3 +81,60 @@ async def test_pieces_go_out_at_once_as_the_rounds_first_write_and_wait_joined_a
     assert log == [("a", b"headbody")]
     await next_round()
     assert log == [("a", b"headbody"), ("b", b"headbody")]
+
+
+async def calm(box: Outbox, t: asyncio.Transport) -> None:
+    """Rounds of one write each, until the outbox stops watching them."""
+    for _ in range(CALM_ROUNDS):
+        box.write(t, b"alone")
+        await next_round()
+
+
+async def test_after_rounds_of_one_write_each_every_write_goes_out_at_once() -> None:
+    log, (a, b) = transports("a", "b")
+    box = Outbox(asyncio.get_running_loop())
+    await calm(box, a)
+    log.clear()
+    box.write(a, b"a1")
+    box.write(b, b"b1")
+    box.writelines(a, [b"a", b"2"])
+    assert log == [("a", b"a1"), ("b", b"b1"), ("a", b"a2")]  # nothing waits: no round is watched
+    await next_round()
+    assert len(log) == 3
+
+
+async def test_a_watched_round_with_company_turns_waiting_back_on() -> None:
+    log, (a, b) = transports("a", "b")
+    box = Outbox(asyncio.get_running_loop())
+    await calm(box, a)
+    for _ in range(LOOK_EVERY + 1):  # rounds of two writes: one of them is looked at within LOOK_EVERY writes
+        log.clear()
+        box.write(a, b"a1")
+        box.write(b, b"b1")
+        waited = log == [("a", b"a1")]
+        await next_round()
+        assert log == [("a", b"a1"), ("b", b"b1")]
+        if waited:
+            break
+    else:
+        raise AssertionError(f"no round was watched in {LOOK_EVERY + 1} rounds")
+    for _ in range(3):  # watched from then on
+        log.clear()
+        box.write(a, b"a2")
+        box.write(b, b"b2")
+        assert log == [("a", b"a2")]
+        await next_round()
+        assert log == [("a", b"a2"), ("b", b"b2")]
+
+
+async def test_a_large_write_or_a_flush_while_not_watching_keeps_the_order() -> None:
+    log, (a,) = transports("a")
+    box = Outbox(asyncio.get_running_loop())
+    await calm(box, a)
+    log.clear()
+    big = b"x" * (SMALL + 1)
+    box.write(a, b"head")
+    box.write(a, big)
+    box.flush()
+    box.write(a, b"tail")
+    assert log == [("a", b"head"), ("a", big), ("a", b"tail")]

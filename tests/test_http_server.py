@@ -190,6 +190,25 @@ async def test_pipelined_requests_are_answered_in_order_and_each_reaches_the_app
     assert [r["path"] for r in upstream.record] == ["/public/1", "/public/2", "/public/3"]
 
 
+async def test_field_names_reach_the_app_in_the_case_each_request_sent_them(start: Start, raw_app: Any) -> None:
+    app = await raw_app(lambda conn, n: OK)
+    sc = await start(app.url)
+    # the engine remembers a name's folding per spelling: a spelling seen before must not change the next
+    answer = await exchange(
+        sc.port,
+        get("/public/1", None, "X-Trace-ID: a", "x-trace-id: b")
+        + get("/public/2", None, "X-TRACE-id: c")
+        + get("/public/3", None, "x-trace-id: d", "Connection: close"),
+    )
+    assert statuses(answer) == [200, 200, 200]
+    heads = [r.split(b"\r\n") for r in app.received]
+    assert [[f for f in h if f.lower().startswith(b"x-trace-id")] for h in heads] == [
+        [b"X-Trace-ID: a", b"x-trace-id: b"],
+        [b"X-TRACE-id: c"],
+        [b"x-trace-id: d"],
+    ]
+
+
 async def test_a_request_smuggled_after_a_chunked_body_in_the_same_read_never_reaches_the_app(
     start: Start, upstream: Upstream
 ) -> None:

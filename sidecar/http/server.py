@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 import httptools
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy, istr
 from yarl import URL
 
 from sidecar import errors
@@ -30,7 +30,7 @@ from sidecar.connlimits import HEADER_TIMEOUT, ConnGuard, ConnLimits, HeadRefuse
 from sidecar.conntimer import ConnTimer
 from sidecar.gate import Admitted, admit, is_websocket
 from sidecar.guard import REJECTED, OnClose, answer
-from sidecar.headers import Memo
+from sidecar.headers import CONTENT_LENGTH, EXPECT, HOST, ORIGIN, Memo, field_name
 from sidecar.http.framing import NO_BODY, Framing, FramingError, framing, plain_head, refusal, singleton
 from sidecar.http.outbox import Outbox
 from sidecar.http.tunnel import Tunnel
@@ -357,12 +357,11 @@ class ClientConn(asyncio.Protocol):
         m = s.metrics
         m.in_flight.inc()
         # llhttp drops the blanks before a value, not after it (RFC 9110 §5.5: neither is part of it)
+        names = self.server.names
         headers = CIMultiDictProxy(
-            CIMultiDict(
-                [(k.decode("latin-1"), v.rstrip(b" \t").decode("utf-8", "surrogateescape")) for k, v in ex.headers]
-            )
+            CIMultiDict([(names[k], v.rstrip(b" \t").decode("utf-8", "surrogateescape")) for k, v in ex.headers])
         )
-        cors_extra = s.cors.actual(headers.get("Origin")) if s.cors.enabled else ()
+        cors_extra = s.cors.actual(headers.get(ORIGIN)) if s.cors.enabled else ()
         ex.keep = ex.keep and not self.server.draining
         try:
             if s.cors.enabled and s.cors.is_preflight(ex.method, headers):
@@ -370,12 +369,12 @@ class ClientConn(asyncio.Protocol):
                 return
             _, _, raw_query = ex.target.partition("?")
             query = URL("/?" + raw_query, encoded=True).query if raw_query else _NO_QUERY
-            host = headers.get("Host") or self.local  # HTTP/1.0 may omit it
+            host = headers.get(HOST) or self.local  # HTTP/1.0 may omit it
             a = await admit(s, ex, ex.target, headers, query, self.peer, "http", host, ex.framing.has_body)
             if ex.upgrade and is_websocket(ex.method, headers):
                 await self._websocket(ex, a, s)
                 return
-            if ex.version == "1.1" and not ex.complete and headers.get("Expect", "").lower() == "100-continue":
+            if ex.version == "1.1" and not ex.complete and headers.get(EXPECT, "").lower() == "100-continue":
                 self._write(_CONTINUE)  # the app's own 100, if it sends one, is not relayed (upstream.py)
             await self._forward(ex, a, cors_extra, s)
         except errors.Rejection as r:
@@ -612,7 +611,7 @@ async def _send_body(body: Body, conn: UpstreamConn, finished: Outcome, a: Admit
 def _request_head(method: str, path_qs: str, headers: CIMultiDict[str], fr: Framing) -> bytes:
     """The head for the app, framed by the sidecar alone: the client's Content-Length (which `Connection`
     may even have named) is replaced by the length the body was read with."""
-    headers.popall("Content-Length", None)
+    headers.popall(CONTENT_LENGTH, None)
     # one list of pieces and one join: compiled, a `str.join` per field (by `map`) costs ~15 % more here
     parts = [method, " ", path_qs, " HTTP/1.1\r\n"]
     for name, value in headers.items():
@@ -641,6 +640,7 @@ class LeanServer:
         self.conns: set[ClientConn] = set()
         self.draining = False
         self.singleton: Memo[bytes, bytes | None] = Memo(singleton)
+        self.names: Memo[bytes, istr] = Memo(field_name)  # a request field's name as it was sent
         self.outbox = Outbox(self.loop)
         self._pool_cfg = self.state.cfg
         self._pool = self._new_pool()

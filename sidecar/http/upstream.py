@@ -23,7 +23,7 @@ import httptools
 from sidecar import errors
 from sidecar.headers import HOP_BY_HOP, Memo
 from sidecar.http.framing import NO_BODY, FramingError, body_framing
-from sidecar.http.outbox import Outbox
+from sidecar.http.outbox import SMALL, Outbox
 from sidecar.metrics import Metrics
 
 _HOP: Final = frozenset(h.encode() for h in HOP_BY_HOP)
@@ -338,6 +338,9 @@ class UpstreamConn(asyncio.Protocol):
             if not client.is_closing():
                 if len(self._out) == 1:
                     self.pool.outbox.write(client, self._out[0])
+                elif sum(map(len, self._out)) <= SMALL:
+                    # a head and a small body: one write (a copy of a few bytes) costs less than a vectored one
+                    self.pool.outbox.write(client, b"".join(self._out))
                 else:
                     self.pool.outbox.writelines(client, self._out)
             self._out.clear()
