@@ -315,6 +315,29 @@ async def test_hop_by_hop_headers_of_the_apps_answer_are_removed(start: Start, r
     assert b"x-internal" not in head and b"keep-alive" not in head and b"trailer" not in head
 
 
+async def test_each_answer_gets_its_own_status_line_and_length_when_the_lines_are_remembered(
+    start: Start, raw_app: Any
+) -> None:
+    answers = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 404 Not Found\r\nContent-Length: 5\r\n\r\nnope!",
+        b"HTTP/1.1 200 Fine\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    ]
+    app = await raw_app(lambda conn, n: answers[n - 1])
+    sc = await start(app.url)
+    last = get("/public/3", None, "Connection: close")
+    answer = await exchange(sc.port, *(get(f"/public/{i}") for i in range(3)), last)
+    parts = [b"HTTP/1.1 " + p for p in answer.split(b"HTTP/1.1 ")[1:]]
+    assert [p.split(b"\r\n")[0] for p in parts] == [
+        b"HTTP/1.1 200 OK",
+        b"HTTP/1.1 404 Not Found",
+        b"HTTP/1.1 200 Fine",
+        b"HTTP/1.1 200 OK",
+    ]
+    assert [body_of(p) for p in parts] == [b"ok", b"nope!", b"ok", b"ok"]
+
+
 async def test_interim_answers_from_the_app_are_not_relayed(start: Start, raw_app: Any) -> None:
     app = await raw_app(lambda c, n: b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n" + OK)
     sc = await start(app.url)

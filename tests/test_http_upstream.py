@@ -1,11 +1,10 @@
-"""The app side's exchange outcome, as the request's coroutine (run by `server.drive`) sees it. The pool, the
-relay and the response rewriting are exercised end to end in test_http_server.py."""
+"""The app side's exchange outcome, as the request's coroutine (run by `drive`) sees it. The pool, the relay
+and the response rewriting are exercised end to end in test_http_server.py."""
 
 from __future__ import annotations
 
 from sidecar import errors
-from sidecar.http.server import drive
-from sidecar.http.upstream import Outcome
+from sidecar.http.upstream import Outcome, drive
 
 
 async def _request(outcome: Outcome, seen: list[str]) -> None:

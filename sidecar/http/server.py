@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import logging
 import socket
-from collections.abc import Coroutine
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -34,7 +32,7 @@ from sidecar.headers import CONTENT_LENGTH, EXPECT, HOST, ORIGIN, Memo, field_na
 from sidecar.http.framing import NO_BODY, Framing, FramingError, framing, plain_head, refusal, singleton
 from sidecar.http.outbox import Outbox
 from sidecar.http.tunnel import Tunnel
-from sidecar.http.upstream import Cut, Outcome, Reply, UpstreamConn, UpstreamPool
+from sidecar.http.upstream import Cut, Outcome, Reply, UpstreamConn, UpstreamPool, drive
 from sidecar.responses import refused, rejection_parts
 
 if TYPE_CHECKING:
@@ -555,26 +553,6 @@ class ClientConn(asyncio.Protocol):
         else:
             self._closing = True
             self.abort()  # a request reading the body sees the connection reset
-
-
-def drive(coro: Coroutine[Any, asyncio.Future[Any] | Outcome | None, None], _: object = None) -> None:
-    """Run a request's coroutine without a task of its own: started at once, resumed by the callback of the
-    future it waits for, or at once when the exchange's `Outcome` ends. An asyncio Task does this too, plus a
-    name, cancellation and `current_task()`, and costs a scheduling round and a few microseconds per request.
-    What such a coroutine runs must therefore not need `asyncio.current_task()` (asyncio.timeout,
-    TaskGroup): that work goes into a task of its own (as the pool's connect does). It must not raise."""
-    try:
-        waiting = coro.send(None)
-    except StopIteration:
-        return
-    if waiting is None:  # a bare yield (asyncio.sleep(0)): go on in the next loop round
-        asyncio.get_running_loop().call_soon(drive, coro)
-        return
-    if isinstance(waiting, Outcome):
-        waiting.wait(functools.partial(drive, coro))
-        return
-    waiting._asyncio_future_blocking = False
-    waiting.add_done_callback(functools.partial(drive, coro))
 
 
 async def _send_body(body: Body, conn: UpstreamConn, finished: Outcome, a: Admitted, limit: int, chunked: bool) -> bool:

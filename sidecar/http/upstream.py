@@ -11,11 +11,12 @@ slowly pauses reading from the app, and an app that reads slowly pauses the clie
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import ssl
-from collections.abc import Callable, Generator
+from collections.abc import Coroutine, Generator
 from dataclasses import dataclass
-from typing import Final, cast
+from typing import Any, Final, cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -31,6 +32,7 @@ _PHRASE: Final = re.compile(rb"[\t\x20-\x7e]*")  # RFC 9112 §4: reason-phrase i
 _NO_BODY_STATUS: Final = (204, 304)
 _IDLE_SECONDS: Final = 30.0  # a pooled connection unused this long is closed rather than reused
 _MAX_IDLE: Final = 256  # pooled connections kept per worker
+_MAX_LINES: Final = 1024  # status and Content-Length lines remembered per pool
 
 
 @dataclass(slots=True)
@@ -75,16 +77,16 @@ class Cut(Exception):
 
 
 class Outcome:
-    """How one exchange ended, awaited by the request's coroutine (server.drive runs it, never an asyncio
-    Task). Unlike a Future's, its waiter resumes at once when the response is complete, inside the read
-    that completed it: no callback handle and no extra loop round per request (in process: 143 -> 140 us)."""
+    """How one exchange ended, awaited by the request's coroutine (`drive` runs it, never an asyncio Task).
+    Unlike a Future's, its waiter resumes at once when the response is complete, inside the read that
+    completed it: no callback handle and no extra loop round per request (in process: 143 -> 140 us)."""
 
     __slots__ = ("_error", "_waiter", "ended")
 
     def __init__(self) -> None:
         self.ended = False
         self._error: BaseException | None = None
-        self._waiter: Callable[[], None] | None = None
+        self._waiter: Request | None = None
 
     def end(self, failure: BaseException | None) -> None:
         if self.ended:
@@ -92,9 +94,9 @@ class Outcome:
         self.ended, self._error = True, failure
         waiter, self._waiter = self._waiter, None
         if waiter is not None:
-            waiter()
+            drive(waiter)
 
-    def wait(self, waiter: Callable[[], None]) -> None:
+    def wait(self, waiter: Request) -> None:
         self._waiter = waiter
 
     def __await__(self) -> Generator[Outcome, None, None]:
@@ -102,6 +104,30 @@ class Outcome:
             yield self
         if self._error is not None:
             raise self._error
+
+
+# A request's coroutine, as `drive` runs it: it waits for the app's Outcome, or a future (body bytes, a connection).
+Request = Coroutine[Any, "asyncio.Future[Any] | Outcome | None", None]
+
+
+def drive(coro: Request, _: object = None) -> None:
+    """Run a request's coroutine without a task of its own: started at once, resumed by the callback of the
+    future it waits for, or at once when the exchange's `Outcome` ends. An asyncio Task does this too, plus a
+    name, cancellation and `current_task()`, and costs a scheduling round and a few microseconds per request.
+    What such a coroutine runs must therefore not need `asyncio.current_task()` (asyncio.timeout,
+    TaskGroup): that work goes into a task of its own (as the pool's connect does). It must not raise."""
+    try:
+        waiting = coro.send(None)
+    except StopIteration:
+        return
+    if waiting is None:  # a bare yield (asyncio.sleep(0)): go on in the next loop round
+        asyncio.get_running_loop().call_soon(drive, coro)
+        return
+    if isinstance(waiting, Outcome):
+        waiting.wait(coro)  # its end resumes the coroutine with a direct call: no callback object, no handle
+        return
+    waiting._asyncio_future_blocking = False
+    waiting.add_done_callback(functools.partial(drive, coro))
 
 
 class UpstreamConn(asyncio.Protocol):
@@ -218,9 +244,7 @@ class UpstreamConn(asyncio.Protocol):
         reply.status = status
         reply.head_at = self.active_at  # this read's loop time (data_received)
         no_body = reply.method == "HEAD" or status in _NO_BODY_STATUS or status == 101
-        if not self.pool.plain_phrase[reason]:
-            reason = b""  # a phrase with controls (llhttp lets NUL through there) is dropped, not relayed
-        out = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        out = [self.pool.status_line(status, reason)]
         if status == 101:
             fr = NO_BODY
             # the handshake's headers are the tunnel's (the order of different names carries no meaning)
@@ -245,7 +269,7 @@ class UpstreamConn(asyncio.Protocol):
         for extra_name, extra_value in reply.extra if status != 101 else ():
             out.append(f"{extra_name}: {extra_value}\r\n".encode("latin-1"))
         if fr.length is not None and status != 204:
-            out.append(b"Content-Length: %d\r\n" % fr.length)
+            out.append(self.pool.length_line(fr.length))
         elif no_body:
             pass
         elif not reply.http10:
@@ -388,8 +412,10 @@ def _dropped(name: bytes) -> bool:
     return low in _HOP or low == b"content-length"
 
 
-def _plain_phrase(reason: bytes) -> bool:
-    return _PHRASE.fullmatch(reason) is not None
+def _status_line(status: int, reason: bytes) -> bytes:
+    """The client's status line for the app's; a phrase with controls (llhttp lets NUL through there) is
+    dropped, not relayed."""
+    return b"HTTP/1.1 %d %s\r\n" % (status, reason if _PHRASE.fullmatch(reason) is not None else b"")
 
 
 class UpstreamPool:
@@ -407,7 +433,25 @@ class UpstreamPool:
         self.loop = asyncio.get_running_loop()
         self._idle: list[UpstreamConn] = []
         self.dropped: Memo[bytes, bool] = Memo(_dropped)
-        self.plain_phrase: Memo[bytes, bool] = Memo(_plain_phrase)
+        # an app answers with a few statuses and lengths: their lines, remembered (bounded, as a Memo)
+        self._status_lines: dict[tuple[int, bytes], bytes] = {}
+        self._length_lines: dict[int, bytes] = {}
+
+    def status_line(self, status: int, reason: bytes) -> bytes:
+        line = self._status_lines.get((status, reason))
+        if line is None:
+            if len(self._status_lines) >= _MAX_LINES:
+                self._status_lines.clear()
+            line = self._status_lines[status, reason] = _status_line(status, reason)
+        return line
+
+    def length_line(self, length: int) -> bytes:
+        line = self._length_lines.get(length)
+        if line is None:
+            if len(self._length_lines) >= _MAX_LINES:
+                self._length_lines.clear()
+            line = self._length_lines[length] = b"Content-Length: %d\r\n" % length
+        return line
 
     def idle(self) -> UpstreamConn | None:
         """A pooled connection, most recently used first, if one is still good."""
@@ -425,7 +469,7 @@ class UpstreamPool:
         conn = None if fresh else self.idle()
         if conn is not None:
             return conn
-        # a new one in a task of its own: requests run without one (server.drive), and the timeout needs a task
+        # a new one in a task of its own: requests run without one (drive), and the timeout needs a task
         return await self.loop.create_task(self._connect())
 
     async def _connect(self) -> UpstreamConn:
