@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Final, TypeVar
 
 from multidict import CIMultiDict, CIMultiDictProxy, istr
@@ -66,13 +66,14 @@ def identity_key(name: str) -> str:
 
 _SEEN = 4096  # names remembered per classifier: clients send the same few names again and again
 
-K = TypeVar("K", str, bytes)
+K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 
 class Memo(dict[K, V]):
-    """`judge`'s answer per name, remembered (bounded): header and parameter names repeat on every request,
-    so a hit is one dict lookup. Past `bound` entries it starts over; the names still in use come back at once."""
+    """`judge`'s answer per key, remembered (bounded): header and parameter names (and an app's status lines)
+    repeat on every request, so a hit is one dict lookup. Past `bound` entries it starts over; the keys still
+    in use come back at once."""
 
     __slots__ = ("_bound", "_judge")
 

@@ -138,3 +138,27 @@ async def test_a_large_write_or_a_flush_while_not_watching_keeps_the_order() -> 
     box.flush()
     box.write(a, b"tail")
     assert log == [("a", b"head"), ("a", big), ("a", b"tail")]
+
+
+async def test_small_pieces_leave_in_one_write_and_large_ones_in_one_vectored_write() -> None:
+    calls: list[str] = []
+
+    class Calls(Recorder):
+        def write(self, data: bytes) -> None:
+            calls.append("write")
+            super().write(data)
+
+        def writelines(self, parts: list[bytes]) -> None:
+            calls.append("writelines")
+            super().writelines(parts)
+
+    log: list[tuple[str, bytes]] = []
+    a = cast(asyncio.Transport, Calls("a", log))
+    box = Outbox(asyncio.get_running_loop())
+    await calm(box, a)
+    calls.clear()
+    log.clear()
+    box.writelines(a, [b"head", b"body"])
+    box.writelines(a, [b"h" * SMALL, b"b"])
+    assert calls == ["write", "writelines"]
+    assert log == [("a", b"headbody"), ("a", b"h" * SMALL + b"b")]

@@ -24,7 +24,7 @@ import httptools
 from sidecar import errors
 from sidecar.headers import HOP_BY_HOP, Memo
 from sidecar.http.framing import NO_BODY, FramingError, body_framing
-from sidecar.http.outbox import SMALL, Outbox
+from sidecar.http.outbox import Outbox
 from sidecar.metrics import Metrics
 
 _HOP: Final = frozenset(h.encode() for h in HOP_BY_HOP)
@@ -244,7 +244,7 @@ class UpstreamConn(asyncio.Protocol):
         reply.status = status
         reply.head_at = self.active_at  # this read's loop time (data_received)
         no_body = reply.method == "HEAD" or status in _NO_BODY_STATUS or status == 101
-        out = [self.pool.status_line(status, reason)]
+        out = [self.pool.status_lines[status, reason]]
         if status == 101:
             fr = NO_BODY
             # the handshake's headers are the tunnel's (the order of different names carries no meaning)
@@ -269,7 +269,7 @@ class UpstreamConn(asyncio.Protocol):
         for extra_name, extra_value in reply.extra if status != 101 else ():
             out.append(f"{extra_name}: {extra_value}\r\n".encode("latin-1"))
         if fr.length is not None and status != 204:
-            out.append(self.pool.length_line(fr.length))
+            out.append(self.pool.length_lines[fr.length])
         elif no_body:
             pass
         elif not reply.http10:
@@ -362,9 +362,6 @@ class UpstreamConn(asyncio.Protocol):
             if not client.is_closing():
                 if len(self._out) == 1:
                     self.pool.outbox.write(client, self._out[0])
-                elif sum(map(len, self._out)) <= SMALL:
-                    # a head and a small body: one write (a copy of a few bytes) costs less than a vectored one
-                    self.pool.outbox.write(client, b"".join(self._out))
                 else:
                     self.pool.outbox.writelines(client, self._out)
             self._out.clear()
@@ -412,10 +409,15 @@ def _dropped(name: bytes) -> bool:
     return low in _HOP or low == b"content-length"
 
 
-def _status_line(status: int, reason: bytes) -> bytes:
-    """The client's status line for the app's; a phrase with controls (llhttp lets NUL through there) is
-    dropped, not relayed."""
+def _status_line(app_status: tuple[int, bytes]) -> bytes:
+    """The client's status line for the app's (status, phrase); a phrase with controls (llhttp lets NUL
+    through there) is dropped, not relayed."""
+    status, reason = app_status
     return b"HTTP/1.1 %d %s\r\n" % (status, reason if _PHRASE.fullmatch(reason) is not None else b"")
+
+
+def _length_line(length: int) -> bytes:
+    return b"Content-Length: %d\r\n" % length
 
 
 class UpstreamPool:
@@ -433,25 +435,9 @@ class UpstreamPool:
         self.loop = asyncio.get_running_loop()
         self._idle: list[UpstreamConn] = []
         self.dropped: Memo[bytes, bool] = Memo(_dropped)
-        # an app answers with a few statuses and lengths: their lines, remembered (bounded, as a Memo)
-        self._status_lines: dict[tuple[int, bytes], bytes] = {}
-        self._length_lines: dict[int, bytes] = {}
-
-    def status_line(self, status: int, reason: bytes) -> bytes:
-        line = self._status_lines.get((status, reason))
-        if line is None:
-            if len(self._status_lines) >= _MAX_LINES:
-                self._status_lines.clear()
-            line = self._status_lines[status, reason] = _status_line(status, reason)
-        return line
-
-    def length_line(self, length: int) -> bytes:
-        line = self._length_lines.get(length)
-        if line is None:
-            if len(self._length_lines) >= _MAX_LINES:
-                self._length_lines.clear()
-            line = self._length_lines[length] = b"Content-Length: %d\r\n" % length
-        return line
+        # an app answers with a few statuses and lengths: their lines, remembered
+        self.status_lines: Memo[tuple[int, bytes], bytes] = Memo(_status_line, _MAX_LINES)
+        self.length_lines: Memo[int, bytes] = Memo(_length_line, _MAX_LINES)
 
     def idle(self) -> UpstreamConn | None:
         """A pooled connection, most recently used first, if one is still good."""
