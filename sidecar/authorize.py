@@ -82,9 +82,9 @@ async def authorize(
         try:
             token, source = find_token(headers, query, s.token_sources, s.cfg.limits.max_token_bytes, s.verifier.knows)
             started = s.clock.monotonic()
-            checked = s.verifier.cached(token) or await s.verifier.verify(token)
+            verified, grace = s.verifier.cached(token) or await s.verifier.verify(token)
             s.metrics.validation_seconds.observe(s.clock.monotonic() - started)
-            allowed = _judged(s, route, token, source, *checked)
+            allowed = _judged(s, route, token, source, verified, grace)  # no `*`: compiled, that is a generic call
         except errors.Rejection as r:
             r.token, r.source = token, source
             if route.public:

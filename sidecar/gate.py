@@ -18,7 +18,6 @@ from sidecar.authorize import Allowed, authorize
 from sidecar.formbody import FormScan, check_encoding, content_type, form_kind
 from sidecar.headers import CONNECTION, HOST, UPGRADE, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO
 from sidecar.responses import report
-from sidecar.rules import encode, normalise
 
 if TYPE_CHECKING:
     from sidecar.state import Sidecar
@@ -82,7 +81,7 @@ async def admit(
     path, _, raw_query = raw_target.partition("?")
     if not path.startswith("/"):
         raise errors.BadRequest("the request target must be an absolute path")
-    canonical = normalise(path)
+    canonical, target = s.rules.reading(path)
     also = s.overrides.methods(headers, raw_query)
     allowed = await authorize(s, method, canonical, headers, query, also)
     out = s.headers.forwardable(headers)
@@ -101,14 +100,13 @@ async def admit(
         if allowed.route.strip_authorization:
             raw_query = s.forms.scrub(out, raw_query, None)
         out[s.report_header] = allowed.reported.reason
-    prior = headers.getall(X_FORWARDED_FOR, ())
-    out[X_FORWARDED_FOR] = ", ".join((*prior, peer or "unknown"))
+    client = peer or "unknown"
+    prior = headers.getall(X_FORWARDED_FOR, None)
+    out[X_FORWARDED_FOR] = ", ".join((*prior, client)) if prior else client
     # An ingress or load balancer in front already set these for the original client: keep theirs.
     out.setdefault(X_FORWARDED_PROTO, scheme)
     out.setdefault(X_FORWARDED_HOST, host)
     out[HOST] = host
-    # a plain path is its own canonical form (rules.normalise returns it as it is): nothing to re-encode
-    target = path if canonical is None or canonical is path else encode(canonical)
     path_qs = target + "?" + raw_query if raw_query else target
     scan = None
     if has_body and form_kind(ctype := content_type(headers)):

@@ -149,10 +149,12 @@ class HeaderPolicy:
         seen = self._seen
         if named:
             return CIMultiDict((n, v) for n, v in headers.items() if not seen[n] and n.lower() not in named)
-        # the usual request: a copy, less the few names always dropped (picked in C, one memo lookup each)
+        # the usual request: a copy, less the few names always dropped (one memo lookup each; a loop, not
+        # `filter`: compiled, the builtin's lookup costs more than the loop)
         out = headers.copy()
-        for name in filter(seen.__getitem__, headers.keys()):
-            out.popall(name, None)
+        for name in headers:
+            if seen[name]:
+                out.popall(name, None)
         return out
 
     def _always_dropped(self, name: str) -> bool:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import time
-from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -122,6 +121,16 @@ class _GaugeValue:
         family.add_metric(values, self.value)
 
 
+def bucket(bounds: tuple[float, ...], amount: float) -> int:
+    """The first bucket whose bound is >= amount (the last bound is +Inf), or -1 for NaN, which lands in none
+    (nor the count), as in prometheus_client. A scan from the first bound, not `bisect_left`: compiled, a bound
+    costs a few instructions and most observations land in the first few, where the call cost ~650."""
+    for i, bound in enumerate(bounds):
+        if amount <= bound:
+            return i
+    return -1
+
+
 class _HistogramValue:
     __slots__ = ("bounds", "counts", "created", "les", "sum")
 
@@ -133,8 +142,9 @@ class _HistogramValue:
 
     def observe(self, amount: float) -> None:
         self.sum += amount
-        if amount == amount:  # NaN lands in no bucket (nor the count), as in prometheus_client
-            self.counts[bisect_left(self.bounds, amount)] += 1  # the first bound >= amount; the last is +Inf
+        i = bucket(self.bounds, amount)
+        if i >= 0:
+            self.counts[i] += 1
 
     def export(self, family: Metric, values: tuple[str, ...], created: bool) -> None:
         assert isinstance(family, HistogramMetricFamily)
@@ -212,8 +222,8 @@ class _SharedHistogramValue(_HistogramValue):
     def observe(self, amount: float) -> None:
         self.sum += amount
         self.file.write_value(self.sum_key, self.sum, 0.0)
-        if amount == amount:
-            i = bisect_left(self.bounds, amount)
+        i = bucket(self.bounds, amount)
+        if i >= 0:
             self.counts[i] += 1
             self.file.write_value(self.bucket_keys[i], self.counts[i], 0.0)
 

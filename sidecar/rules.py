@@ -15,7 +15,10 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from sidecar.config import Config
+from sidecar.headers import Memo
 from sidecar.policy import Rule, pattern_regex
+
+_REMEMBERED = 256  # paths up to this long have their reading remembered (RuleSet.reading)
 
 # Characters kept literal when the canonical path is re-encoded for the app.
 _SAFE = "/:@!$&'()*+,=-._~"
@@ -63,6 +66,15 @@ def normalise(raw_path: str) -> str | None:
 
 def encode(canonical: str) -> str:
     return canonical if _plain(canonical) else quote(canonical, safe=_SAFE)
+
+
+def reading(raw_path: str) -> tuple[str | None, str]:
+    """The path's canonical form (None when ambiguous) and the path the app is sent: the canonical one
+    re-encoded, or the path as it came when it has no single reading (it is then held to every rule)."""
+    canonical = normalise(raw_path)
+    if canonical is None or canonical is raw_path:  # a plain path is its own canonical form
+        return canonical, raw_path
+    return canonical, encode(canonical)
 
 
 INSUFFICIENT_SCOPE, CLAIM_MISMATCH, WRONG_PROVIDER = 1, 2, 3  # verdict bytes; 0 means the token satisfies the rule
@@ -172,6 +184,12 @@ class RuleSet:
         self.enforces = not self._unmatched.report or any(
             not route.report for route in self._routes if not route.public
         )
+        self._readings: Memo[str, tuple[str | None, str]] = Memo(reading)
+
+    def reading(self, raw_path: str) -> tuple[str | None, str]:
+        """`reading(raw_path)`, remembered (bounded) for paths of up to 256 characters: clients ask for the
+        same paths again and again, and a hit is a lookup instead of a pattern match (~1,700 instructions)."""
+        return self._readings[raw_path] if len(raw_path) <= _REMEMBERED else reading(raw_path)
 
     @staticmethod
     def _matcher(rule: Rule, fold_case: bool = False) -> Callable[[str], bool]:

@@ -176,6 +176,16 @@ def test_a_histogram_counts_each_observation_in_the_first_bucket_at_or_above_it(
     assert total == pytest.approx(0.00005 * 2 + 0.0001 + 0.0004 + 0.25 + 31.0)
 
 
+def test_every_observation_lands_in_the_bucket_prometheus_client_puts_it_in() -> None:
+    local, reference = Metrics(), Metrics(local=False)
+    bounds = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.1, 1.0, 30.0]
+    amounts = [-math.inf, -1.0, 0.0, *bounds, *(b * 1.0001 for b in bounds), *(b * 0.9999 for b in bounds), math.inf]
+    for m in (local, reference):
+        for amount in amounts:
+            m.validation_seconds.observe(amount)
+    assert without_created_values(text(local)) == without_created_values(text(reference))
+
+
 def test_a_nan_observation_spoils_only_the_sum_as_in_prometheus_client() -> None:
     local, reference = Metrics(), Metrics(local=False)
     for m in (local, reference):
