@@ -17,6 +17,7 @@ that scan once per hundred evictions instead of once per eviction.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import struct
 from dataclasses import dataclass
@@ -26,6 +27,37 @@ _HEAD = struct.Struct("<BHdddH")  # provider, (kid, key) index, exp, nbf, iat (N
 _ABSENT = "\x01"  # claim values are header-safe (no control characters), so these markers cannot clash
 _SEP = "\x00"
 _NAN = math.nan
+
+
+_TAIL = 32  # characters at a token's end (its signature's) that find its remembered digest
+
+
+class Digests:
+    """Recent tokens' SHA-256 digests (the cache's keys), bounded: a SHA-256 costs more than the rest of a hit.
+
+    A token is found by its last 32 characters, then compared whole: looking it up whole would hash all of it
+    (~2,000 instructions for an RS256 token, on every request), where a comparison is a memcmp. Two tokens
+    that end alike only take each other's place, each compared whole before its digest is used."""
+
+    __slots__ = ("_bound", "_by_tail")
+
+    def __init__(self, bound: int) -> None:
+        self._bound = bound
+        self._by_tail: dict[str, tuple[str, bytes]] = {}
+
+    def __getitem__(self, token: str) -> bytes:
+        tail = token[-_TAIL:]
+        hit = self._by_tail.get(tail)
+        if hit is not None and hit[0] == token:
+            return hit[1]
+        digest = hashlib.sha256(token.encode()).digest()
+        if len(self._by_tail) >= self._bound:
+            self._by_tail.clear()
+        self._by_tail[tail] = (token, digest)
+        return digest
+
+    def __len__(self) -> int:
+        return len(self._by_tail)
 
 
 # Not frozen (a frozen init costs three times as much, on every new token and every unpacked hit): nothing

@@ -11,7 +11,6 @@ whatever key verified it, by thumbprint, is what a cache hit is checked against 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
 from collections.abc import Mapping
@@ -22,12 +21,12 @@ from jwt.algorithms import Algorithm, get_default_algorithms
 from sidecar import errors, jose
 from sidecar.clock import Clock
 from sidecar.config import ASYMMETRIC_ALGS, Config, Provider
-from sidecar.headers import Memo, header_safe
+from sidecar.headers import header_safe
 from sidecar.jwks import Key
 from sidecar.keys.view import KeyView
 from sidecar.metrics import Metrics
 from sidecar.rules import RuleSet, claim_value
-from sidecar.token_cache import TokenCache, VerifiedToken
+from sidecar.token_cache import Digests, TokenCache, VerifiedToken
 
 # JOSE header parameters that would make a verifier fetch or trust key material named by the token
 # itself, or change how the payload is read. We never follow them; `crit`/`b64`/`zip` are refused.
@@ -79,10 +78,6 @@ _LASTING: Final = (
 )
 _REFUSALS = 4096  # distinct bad tokens remembered; a flood of distinct ones is bounded by the verify cost
 _RECENT = 1024  # token -> digest pairs kept: the tokens in use right now skip the hash
-
-
-def _digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
 
 
 class RefusalCache:
@@ -158,7 +153,7 @@ class Verifier:
         self.refused = RefusalCache(metrics)
         # Recent tokens' digests: a SHA-256 costs more than the rest of a cache hit. Bounded like the cache's
         # unpacked entries (at most _RECENT tokens of up to limits.max_token_bytes each are held).
-        self._digests: Memo[str, bytes] = Memo(_digest, _RECENT)
+        self._digests = Digests(_RECENT)
         self._hits, self._misses = metrics.token_cache.labels("hit"), metrics.token_cache.labels("miss")
         algorithms = get_default_algorithms()
         self._algorithms: dict[str, Algorithm] = {a: algorithms[a] for a in ASYMMETRIC_ALGS}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from sidecar.token_cache import TokenCache, VerifiedToken
+from sidecar.token_cache import Digests, TokenCache, VerifiedToken
 
 
 def d(i: int) -> bytes:
@@ -88,3 +88,15 @@ def test_an_entry_without_a_key_identity_round_trips_as_none_trusted() -> None:
     cache.put(d(1), VerifiedToken(0, None, 1.8e9, None, None, ()))
     hit = cache.get(d(1))
     assert hit is not None and hit.key == ""  # "" is never a trusted thumbprint: such a hit is a miss
+
+
+def test_tokens_that_end_alike_each_get_their_own_digest_and_the_digests_stay_bounded() -> None:
+    digests = Digests(bound=8)
+    end = "x" * 40
+    first, second = "a.b." + end, "a.c." + end  # the same last characters: found by them, compared whole
+    for _ in range(3):
+        for token in (first, second, "short", first):
+            assert digests[token] == hashlib.sha256(token.encode()).digest()
+    for i in range(20):
+        assert digests[f"t.{i}.s"] == hashlib.sha256(f"t.{i}.s".encode()).digest()
+        assert len(digests) <= 8
