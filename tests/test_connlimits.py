@@ -41,6 +41,24 @@ def test_a_head_in_one_read_ends_just_past_its_empty_line() -> None:
     assert not g.head_in_progress
 
 
+def test_a_head_the_parser_counts_passes_uncounted_and_gets_the_count_refusal_if_the_parser_refuses_it() -> None:
+    g = ConnGuard(LIMITS, now=0)
+    over = b"GET / HTTP/1.1\r\n" + b"A: b\r\n" * 5 + b"\r\n"  # five header lines, four allowed
+    assert g.head(over, 0, parser_counts=True) == len(over)  # the parser stops at the fifth (lean engine)
+    r = g.lines_over(over, 0, len(over))
+    assert r is not None and (r.status, r.reason) == (431, TOO_MANY_HEADERS)  # what `head` would have raised
+    assert refused(ConnGuard(LIMITS, now=0), over).reason == TOO_MANY_HEADERS
+    at_limit = b"\r\n\r\nGET / HTTP/1.1\r\n" + b"A: b\r\n" * 4 + b"\r\n"  # empty lines first are no lines
+    assert g.lines_over(at_limit, 0, len(at_limit)) is None
+    assert g.head(at_limit, 0) == len(at_limit)
+
+
+def test_empty_lines_before_a_head_are_skipped_only_whole() -> None:
+    g = ConnGuard(LIMITS, now=0)
+    assert g.head(b"\r\n\r\n", 0) == -1 and not g.head_in_progress
+    assert g.head(b"\r", 0) == -1 and g.head_in_progress  # a lone CR starts a head (llhttp then refuses it)
+
+
 def test_whole_head_is_one_new_head_ending_at_the_last_byte_inside_every_limit() -> None:
     g = ConnGuard(LIMITS, now=0)
     assert g.whole_head(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -94,25 +94,28 @@ def body_framing(lengths: list[bytes], codings: list[bytes], version: str) -> Fr
     return CHUNKED
 
 
-def singleton(name: bytes) -> bytes | None:
-    """A field name, lowered, if a message may carry it once (see `plain_head`); else None."""
-    low = name.lower()
-    return low if low in _SINGLETONS else None
+# Each of those a bit, for a head read field by field (the lean engine): which it holds, which came twice.
+_BITS: Final = {name: 1 << i for i, name in enumerate(sorted(_SINGLETONS))}
+_HOST: Final = _BITS[b"host"]
+_BODY_FIELDS: Final = _BITS[b"content-length"] | _BITS[b"transfer-encoding"]
 
 
-_BODY_FIELDS: Final = frozenset({b"content-length", b"transfer-encoding"})
+def singleton(name: bytes) -> int:
+    """A field name's bit if a message may carry it once (see `plain_head`); else 0."""
+    return _BITS.get(name.lower(), 0)
 
 
-def plain_head(singletons: list[bytes], version: str) -> bool:
+def plain_head(seen: int, twice: int, version: str) -> bool:
     """A request head `framing` would frame without a body and refuse nothing in, told from the `singleton`
-    fields it holds alone: each at most once, no Content-Length or Transfer-Encoding, and Host in HTTP/1.1.
-    Every other head is read by `framing`. The usual GET costs a name lookup per field instead of that reading."""
+    bits of its fields (`seen`: all of them or'ed; `twice`: those seen again): each at most once, no
+    Content-Length or Transfer-Encoding, and Host in HTTP/1.1. Every other head is read by `framing`. The
+    usual GET costs a few bit operations per field instead of that reading."""
     if version == "1.1":
-        if b"host" not in singletons:
+        if not seen & _HOST:
             return False
     elif version != "1.0":
         return False
-    return _BODY_FIELDS.isdisjoint(singletons) and len(set(singletons)) == len(singletons)
+    return not twice and not seen & _BODY_FIELDS
 
 
 def framing(headers: list[tuple[bytes, bytes]], version: str, is_request: bool, upgrade: bool = False) -> Framing:

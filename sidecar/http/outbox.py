@@ -50,7 +50,10 @@ class Outbox:
     def writelines(self, transport: asyncio.Transport, parts: list[bytes]) -> None:
         """Several pieces for one connection: up to SMALL joined (one `write` costs less than a vectored one,
         a copy of a few bytes included), whether they wait or not; larger, one vectored write (no copy)."""
-        if sum(map(len, parts)) <= SMALL:
+        size = 0
+        for part in parts:  # not `sum(map(len, parts))`: compiled, the two builtins cost ~1,700 instructions
+            size += len(part)
+        if size <= SMALL:
             self.write(transport, b"".join(parts))
             return
         self._before_direct()

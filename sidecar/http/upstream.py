@@ -14,7 +14,7 @@ import asyncio
 import functools
 import re
 import ssl
-from collections.abc import Coroutine, Generator
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any, Final, cast
 from urllib.parse import urlsplit
@@ -23,7 +23,7 @@ import httptools
 
 from sidecar import errors
 from sidecar.headers import HOP_BY_HOP, Memo
-from sidecar.http.framing import NO_BODY, FramingError, body_framing
+from sidecar.http.framing import NO_BODY, Framing, FramingError, body_framing
 from sidecar.http.outbox import Outbox
 from sidecar.metrics import Metrics
 
@@ -32,7 +32,7 @@ _PHRASE: Final = re.compile(rb"[\t\x20-\x7e]*")  # RFC 9112 §4: reason-phrase i
 _NO_BODY_STATUS: Final = (204, 304)
 _IDLE_SECONDS: Final = 30.0  # a pooled connection unused this long is closed rather than reused
 _MAX_IDLE: Final = 256  # pooled connections kept per worker
-_MAX_LINES: Final = 1024  # status and Content-Length lines remembered per pool
+_MAX_LINES: Final = 1024  # status lines, Content-Length values and lines remembered per pool
 
 
 @dataclass(slots=True)
@@ -106,28 +106,33 @@ class Outcome:
             raise self._error
 
 
-# A request's coroutine, as `drive` runs it: it waits for the app's Outcome, or a future (body bytes, a connection).
-Request = Coroutine[Any, "asyncio.Future[Any] | Outcome | None", None]
+# A request's coroutine as `drive` runs it: its await iterator (`coro.__await__()`), which yields the app's
+# Outcome, a future (body bytes, a connection) or None (a bare yield).
+Request = Generator["asyncio.Future[Any] | Outcome | None", None, None]
+_DONE: Final = object()
 
 
-def drive(coro: Request, _: object = None) -> None:
+def drive(steps: Request, _: object = None) -> None:
     """Run a request's coroutine without a task of its own: started at once, resumed by the callback of the
     future it waits for, or at once when the exchange's `Outcome` ends. An asyncio Task does this too, plus a
     name, cancellation and `current_task()`, and costs a scheduling round and a few microseconds per request.
     What such a coroutine runs must therefore not need `asyncio.current_task()` (asyncio.timeout,
     TaskGroup): that work goes into a task of its own (as the pool's connect does). It must not raise."""
-    try:
-        waiting = coro.send(None)
-    except StopIteration:
+    # `next`, not `coro.send(None)`: a coroutine that returns None ends `next` without a StopIteration
+    # (CPython's and mypyc's alike), where `send` raises one, which the compiled build catches with a
+    # traceback: ~3,100 instructions a request (`loadtest/bench/instructions.py`).
+    waiting = next(steps, _DONE)
+    if waiting is _DONE:
         return
     if waiting is None:  # a bare yield (asyncio.sleep(0)): go on in the next loop round
-        asyncio.get_running_loop().call_soon(drive, coro)
+        asyncio.get_running_loop().call_soon(drive, steps)
         return
     if isinstance(waiting, Outcome):
-        waiting.wait(coro)  # its end resumes the coroutine with a direct call: no callback object, no handle
+        waiting.wait(steps)  # its end resumes the coroutine with a direct call: no callback object, no handle
         return
-    waiting._asyncio_future_blocking = False
-    waiting.add_done_callback(functools.partial(drive, coro))
+    future = cast("asyncio.Future[Any]", waiting)
+    future._asyncio_future_blocking = False
+    future.add_done_callback(functools.partial(drive, steps))
 
 
 class UpstreamConn(asyncio.Protocol):
@@ -223,7 +228,11 @@ class UpstreamConn(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._in_body:
             return  # trailers are not relayed (the re-chunked body ends without any), nor kept for the next head
-        (self._hop if self._dropped[name] else self._kept).append((name, value))
+        # a name of a length no dropped name has is kept without its lookup (most of an app's names)
+        if _DROPPED_LENGTHS >> len(name) & 1 and self._dropped[name]:
+            self._hop.append((name, value))
+        else:
+            self._kept.append((name, value))
 
     def on_headers_complete(self) -> None:
         reply = self.reply
@@ -261,11 +270,18 @@ class UpstreamConn(asyncio.Protocol):
                     codings.append(value)
                 elif len(name) == 10 and name.lower() == b"connection" and value.lower() not in _PLAIN_CONNECTION:
                     named = (named or set()) | {t.strip().lower() for t in value.split(b",")}
-            fr = body_framing(lengths, codings, p.get_http_version())
+            version = p.get_http_version()
+            if len(lengths) == 1 and not codings and (version == "1.1" or version == "1.0"):
+                fr = self.pool.lengths[lengths[0]]  # the usual answer: its one Content-Length, read before
+            else:
+                fr = body_framing(lengths, codings, version)
             if named and (named := named - _PLAIN_CONNECTION):
                 kept = [pair for pair in kept if pair[0].lower() not in named]
-            for name, value in kept:  # pieces for the one join below: a join per field costs more
-                out += (name, b": ", value, b"\r\n")
+            for name, value in kept:  # pieces for the one join below: a join per field costs more, and so
+                out.append(name)  # does `out += (name, b": ", value, b"\r\n")` (a tuple, a generic call)
+                out.append(b": ")
+                out.append(value)
+                out.append(b"\r\n")
         for extra_name, extra_value in reply.extra if status != 101 else ():
             out.append(f"{extra_name}: {extra_value}\r\n".encode("latin-1"))
         if fr.length is not None and status != 204:
@@ -402,6 +418,10 @@ class UpstreamConn(asyncio.Protocol):
 _PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close", b""})
 
 
+# the lengths of the dropped names, as bits (a test of one costs a few instructions, a name's lookup ~400)
+_DROPPED_LENGTHS: Final = sum({1 << len(name) for name in (*_HOP, b"content-length")})
+
+
 def _dropped(name: bytes) -> bool:
     """Response header names that never reach the client: hop-by-hop, and Content-Length, which the sidecar
     writes itself (remembered per name as sent, in the pool's `dropped`)."""
@@ -418,6 +438,11 @@ def _status_line(app_status: tuple[int, bytes]) -> bytes:
 
 def _length_line(length: int) -> bytes:
     return b"Content-Length: %d\r\n" % length
+
+
+def _length_framing(value: bytes) -> Framing:
+    """The framing of an HTTP/1.x message whose one framing field is this Content-Length (or FramingError)."""
+    return body_framing([value], [], "1.1")
 
 
 class UpstreamPool:
@@ -438,6 +463,7 @@ class UpstreamPool:
         # an app answers with a few statuses and lengths: their lines, remembered
         self.status_lines: Memo[tuple[int, bytes], bytes] = Memo(_status_line, _MAX_LINES)
         self.length_lines: Memo[int, bytes] = Memo(_length_line, _MAX_LINES)
+        self.lengths: Memo[bytes, Framing] = Memo(_length_framing, _MAX_LINES)  # an app's Content-Length values
 
     def idle(self) -> UpstreamConn | None:
         """A pooled connection, most recently used first, if one is still good."""
