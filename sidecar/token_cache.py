@@ -39,21 +39,28 @@ class Digests:
     (~2,000 instructions for an RS256 token, on every request), where a comparison is a memcmp. Two tokens
     that end alike only take each other's place, each compared whole before its digest is used."""
 
-    __slots__ = ("_bound", "_by_tail")
+    __slots__ = ("_bound", "_by_tail", "_last", "_last_digest")
 
     def __init__(self, bound: int) -> None:
         self._bound = bound
         self._by_tail: dict[str, tuple[str, bytes]] = {}
+        # the last token asked for, the same object: a request asks for its token's digest twice
+        self._last: str | None = None
+        self._last_digest = b""
 
     def __getitem__(self, token: str) -> bytes:
+        if token is self._last:
+            return self._last_digest
         tail = token[-_TAIL:]
         hit = self._by_tail.get(tail)
         if hit is not None and hit[0] == token:
-            return hit[1]
-        digest = hashlib.sha256(token.encode()).digest()
-        if len(self._by_tail) >= self._bound:
-            self._by_tail.clear()
-        self._by_tail[tail] = (token, digest)
+            digest = hit[1]
+        else:
+            digest = hashlib.sha256(token.encode()).digest()
+            if len(self._by_tail) >= self._bound:
+                self._by_tail.clear()
+            self._by_tail[tail] = (token, digest)
+        self._last, self._last_digest = token, digest
         return digest
 
     def __len__(self) -> int:

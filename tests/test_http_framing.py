@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+
+import httptools
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from sidecar.http.framing import (
+    CONNECTION_FIELDS,
     NO_BODY,
     Framing,
     FramingError,
+    field_bit,
     framing,
     plain_head,
     refusal,
-    singleton,
 )
 
 H = list[tuple[bytes, bytes]]
@@ -101,7 +105,7 @@ def test_an_upgrade_request_with_a_body_is_refused() -> None:
 _NAMES = st.sampled_from(
     [b"Host", b"host", b"HOST", b"Content-Length", b"content-length", b"Transfer-Encoding", b"TRANSFER-ENCODING",
      b"Content-Type", b"User-Agent", b"Server", b"ETag", b"Max-Forwards", b"Content-Range", b"Content-Location",
-     b"Accept", b"Authorization", b"Cookie", b"X-Host", b"Hosts", b"Content-Lengths"]
+     b"Accept", b"Authorization", b"Cookie", b"X-Host", b"Hosts", b"Content-Lengths", b"Connection", b"Upgrade"]
 )  # fmt: skip
 _VALUES = st.sampled_from([b"a", b"0", b"12", b"chunked", b"gzip, chunked", b"1, 2", b""])
 
@@ -121,10 +125,10 @@ def test_a_head_told_plain_is_one_framing_frames_without_a_body_and_does_not_ref
 
 
 def _bits(names: list[bytes]) -> tuple[int, int]:
-    """The head's singleton bits, and those seen twice, as the lean engine gathers them field by field."""
+    """The head's field bits, and those seen twice, as the lean engine gathers them field by field."""
     seen = twice = 0
     for name in names:
-        bit = singleton(name)
+        bit = field_bit(name)
         twice |= seen & bit
         seen |= bit
     return seen, twice
@@ -143,3 +147,36 @@ def test_the_usual_requests_without_a_body_are_plain_and_framing_headers_never_a
     assert not _plain([b"Host", b"HOST"])
     assert not _plain([b"Host", b"User-Agent", b"user-agent"])
     assert not _plain([b"Host"], "0.9")
+
+
+_CONNECTION_NAMES = st.sampled_from(
+    [b"Connection", b"connection", b"CONNECTION", b"Proxy-Connection", b"proxy-connection", b"Upgrade", b"upgrade",
+     b"Keep-Alive", b"X-Connection", b"Connections", b"Accept"]
+)  # fmt: skip
+_CONNECTION_VALUES = st.sampled_from([b"close", b"Close", b"keep-alive", b"upgrade", b"Upgrade", b"websocket", b"h2c"])
+
+
+@given(
+    st.lists(st.tuples(_CONNECTION_NAMES, _CONNECTION_VALUES), max_size=4),
+    st.sampled_from([b"GET", b"POST", b"CONNECT", b"OPTIONS"]),
+    st.sampled_from([b"1.1", b"1.0"]),
+)
+def test_llhttp_keeps_open_and_never_upgrades_an_http_1_1_head_without_connection_fields(
+    headers: H, method: bytes, version: bytes
+) -> None:
+    """The lean engine answers for llhttp (no upgrade, keep-alive) when an HTTP/1.1 head has no field
+    `field_bit` marks as one llhttp reads for that, and is not CONNECT: llhttp must agree on every such head."""
+    seen: list[tuple[bool, bool]] = []
+
+    class Head:
+        def on_headers_complete(self) -> None:
+            seen.append((parser.should_upgrade(), parser.should_keep_alive()))
+
+    parser = httptools.HttpRequestParser(Head())
+    target = b"example.com:443" if method == b"CONNECT" else b"/"
+    head = method + b" " + target + b" HTTP/" + version + b"\r\nHost: x\r\n"
+    head += b"".join(name + b": " + value + b"\r\n" for name, value in headers) + b"\r\n"
+    with contextlib.suppress(httptools.HttpParserUpgrade):
+        parser.feed_data(head)
+    if version == b"1.1" and method != b"CONNECT" and not _bits([n for n, _ in headers])[0] & CONNECTION_FIELDS:
+        assert seen == [(False, True)]

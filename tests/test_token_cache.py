@@ -95,7 +95,7 @@ def test_tokens_that_end_alike_each_get_their_own_digest_and_the_digests_stay_bo
     end = "x" * 40
     first, second = "a.b." + end, "a.c." + end  # the same last characters: found by them, compared whole
     for _ in range(3):
-        for token in (first, second, "short", first):
+        for token in ("", first, second, "short", first, first):
             assert digests[token] == hashlib.sha256(token.encode()).digest()
     for i in range(20):
         assert digests[f"t.{i}.s"] == hashlib.sha256(f"t.{i}.s".encode()).digest()

@@ -95,19 +95,27 @@ def body_framing(lengths: list[bytes], codings: list[bytes], version: str) -> Fr
 
 
 # Each of those a bit, for a head read field by field (the lean engine): which it holds, which came twice.
-_BITS: Final = {name: 1 << i for i, name in enumerate(sorted(_SINGLETONS))}
+# Then the fields llhttp reads for a request's keep-alive and upgrade (Proxy-Connection as Connection).
+_ONCE_BITS: Final = {name: 1 << i for i, name in enumerate(sorted(_SINGLETONS))}
+_CONNECTION_BITS: Final = {
+    name: 1 << (len(_ONCE_BITS) + i) for i, name in enumerate((b"connection", b"proxy-connection", b"upgrade"))
+}
+_BITS: Final = {**_ONCE_BITS, **_CONNECTION_BITS}
+_ONCE: Final = sum(_ONCE_BITS.values())
 _HOST: Final = _BITS[b"host"]
 _BODY_FIELDS: Final = _BITS[b"content-length"] | _BITS[b"transfer-encoding"]
+CONNECTION_FIELDS: Final = sum(_CONNECTION_BITS.values())
 
 
-def singleton(name: bytes) -> int:
-    """A field name's bit if a message may carry it once (see `plain_head`); else 0."""
+def field_bit(name: bytes) -> int:
+    """A field name's bit if a message may carry it once (see `plain_head`) or llhttp reads it for keep-alive
+    and upgrade (CONNECTION_FIELDS); else 0."""
     return _BITS.get(name.lower(), 0)
 
 
 def plain_head(seen: int, twice: int, version: str) -> bool:
-    """A request head `framing` would frame without a body and refuse nothing in, told from the `singleton`
-    bits of its fields (`seen`: all of them or'ed; `twice`: those seen again): each at most once, no
+    """A request head `framing` would frame without a body and refuse nothing in, told from the `field_bit`s
+    of its fields (`seen`: all of them or'ed; `twice`: those seen again): each singleton at most once, no
     Content-Length or Transfer-Encoding, and Host in HTTP/1.1. Every other head is read by `framing`. The
     usual GET costs a few bit operations per field instead of that reading."""
     if version == "1.1":
@@ -115,7 +123,7 @@ def plain_head(seen: int, twice: int, version: str) -> bool:
             return False
     elif version != "1.0":
         return False
-    return not twice and not seen & _BODY_FIELDS
+    return not twice & _ONCE and not seen & _BODY_FIELDS
 
 
 def framing(headers: list[tuple[bytes, bytes]], version: str, is_request: bool, upgrade: bool = False) -> Framing:

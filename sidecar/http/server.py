@@ -29,7 +29,16 @@ from sidecar.conntimer import ConnTimer
 from sidecar.gate import Admitted, admit, is_websocket
 from sidecar.guard import REJECTED, OnClose, answer
 from sidecar.headers import CONTENT_LENGTH, EXPECT, HOST, ORIGIN, Memo, field_name
-from sidecar.http.framing import NO_BODY, Framing, FramingError, framing, plain_head, refusal, singleton
+from sidecar.http.framing import (
+    CONNECTION_FIELDS,
+    NO_BODY,
+    Framing,
+    FramingError,
+    field_bit,
+    framing,
+    plain_head,
+    refusal,
+)
 from sidecar.http.outbox import Outbox
 from sidecar.http.tunnel import Tunnel
 from sidecar.http.upstream import Cut, Outcome, Reply, UpstreamConn, UpstreamPool, drive
@@ -152,7 +161,7 @@ class ClientConn(asyncio.Protocol):
         self._max_fields = server.limits.max_headers
         self._fields = server.fields
         self._names: list[istr] = []
-        # the `singleton` bits of the head's fields, and of those that came again (framing.plain_head)
+        # the `field_bit`s of the head's fields, and of those that came again (framing.plain_head)
         self._seen = self._twice = 0
         self._parsed: Exchange | None = None  # a head llhttp finished, not yet taken up
         self._bad: Exception | None = None  # why that head is refused
@@ -343,15 +352,21 @@ class ClientConn(asyncio.Protocol):
         seen, twice = self._seen, self._twice
         self._seen = self._twice = 0
         version = p.get_http_version()
-        upgrade = p.should_upgrade()
+        method = p.get_method()
+        if version == "1.1" and not seen & CONNECTION_FIELDS and method != b"CONNECT":
+            # what llhttp answers for such a head, without asking it (a call each): no upgrade, and an
+            # HTTP/1.1 connection stays open
+            upgrade, keep = False, True
+        else:
+            upgrade = p.should_upgrade()
+            keep = p.should_keep_alive() and not upgrade
         fr = NO_BODY
         if not plain_head(seen, twice, version):
             try:
                 fr = framing(headers, version, True, upgrade)
             except FramingError as e:
                 self._bad = e
-        keep = p.should_keep_alive() and not upgrade
-        ex = Exchange(p.get_method().decode("ascii"), url.decode("latin-1"), headers, names, version, keep, fr)
+        ex = Exchange(method.decode("ascii"), url.decode("latin-1"), headers, names, version, keep, fr)
         ex.upgrade = upgrade
         ex.remote = self.peer
         if fr.has_body:
@@ -613,8 +628,8 @@ async def _send_body(body: Body, conn: UpstreamConn, finished: Outcome, a: Admit
 
 
 def _field(raw: bytes) -> tuple[istr, int]:
-    """A request field's name, as the multidict of the request's fields holds it, and its `singleton` bit."""
-    return field_name(raw), singleton(raw)
+    """A request field's name, as the multidict of the request's fields holds it, and its `field_bit`."""
+    return field_name(raw), field_bit(raw)
 
 
 def _request_head(method: str, path_qs: str, headers: CIMultiDict[str], fr: Framing) -> bytes:

@@ -268,7 +268,12 @@ class UpstreamConn(asyncio.Protocol):
                     lengths.append(value)
                 elif len(name) == 17:  # Transfer-Encoding, likewise
                     codings.append(value)
-                elif len(name) == 10 and name.lower() == b"connection" and value.lower() not in _PLAIN_CONNECTION:
+                elif (
+                    len(name) == 10
+                    and value not in _PLAIN_SPELLED  # the usual value, told without lowering either
+                    and name.lower() == b"connection"
+                    and value.lower() not in _PLAIN_CONNECTION
+                ):
                     named = (named or set()) | {t.strip().lower() for t in value.split(b",")}
             version = p.get_http_version()
             if len(lengths) == 1 and not codings and (version == "1.1" or version == "1.0"):
@@ -416,6 +421,7 @@ class UpstreamConn(asyncio.Protocol):
 
 
 _PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close", b""})
+_PLAIN_SPELLED: Final = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close", b""})
 
 
 # the lengths of the dropped names, as bits (a test of one costs a few instructions, a name's lookup ~400)
