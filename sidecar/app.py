@@ -182,10 +182,12 @@ async def handle(request: web.Request) -> web.StreamResponse:
     try:
         if s.cors.enabled and s.cors.is_preflight(request.method, request.headers):
             return web.Response(status=204, headers=CIMultiDict(preflight(s, request.headers)))
+        path, _, raw_query = request.raw_path.partition("?")
         a = await admit(
             s,
             request,
-            request.raw_path,
+            path,
+            raw_query,
             request.headers,
             request.query,
             request.remote,

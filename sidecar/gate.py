@@ -69,7 +69,8 @@ def is_websocket(method: str, headers: CIMultiDictProxy[str]) -> bool:
 async def admit(
     s: Sidecar,
     seen: Seen,
-    raw_target: str,
+    path: str,
+    raw_query: str,
     headers: CIMultiDictProxy[str],
     query: MultiMapping[str],
     peer: str | None,
@@ -78,7 +79,6 @@ async def admit(
     has_body: bool,
 ) -> Admitted:
     method = seen.method
-    path, _, raw_query = raw_target.partition("?")
     if not path.startswith("/"):
         raise errors.BadRequest("the request target must be an absolute path")
     canonical, target = s.rules.reading(path)

@@ -18,6 +18,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sidecar.app import build_state
 from sidecar.clock import FakeClock
@@ -25,7 +27,7 @@ from sidecar.config import load
 from sidecar.connlimits import ConnLimits
 from sidecar.devtools.issuer import DevIssuer
 from sidecar.guard import counting
-from sidecar.http.server import LeanServer
+from sidecar.http.server import LeanServer, _field_value
 from sidecar.state import Sidecar
 from sidecar.websocket import POLICY_VIOLATION
 from tests.conftest import AUDIENCE, Upstream
@@ -698,3 +700,11 @@ def test_the_sidecar_runs_on_a_uvloop_loop_made_by_a_factory_not_by_uvloop_insta
     assert "uvloop.install(" not in (Path(__file__).parents[1] / "sidecar" / "app.py").read_text().replace(
         "`uvloop.install()` is deprecated", ""
     )
+
+
+@given(st.binary(max_size=40))
+def test_a_field_value_is_its_bytes_without_trailing_blanks_with_bytes_that_are_not_utf8_kept_as_surrogates(
+    raw: bytes,
+) -> None:
+    assert _field_value(raw) == raw.rstrip(b" \t").decode("utf-8", "surrogateescape")
+    assert _field_value(raw + b" \t ") == _field_value(raw)

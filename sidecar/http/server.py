@@ -110,6 +110,7 @@ class Exchange:
     """One request, from its parsed head until its response is out. Has what a refusal's log line names."""
 
     __slots__ = (
+        "arrived",
         "body",
         "complete",
         "early",
@@ -119,6 +120,7 @@ class Exchange:
         "method",
         "names",
         "path",
+        "query",
         "remote",
         "target",
         "upgrade",
@@ -138,7 +140,8 @@ class Exchange:
         self.method, self.target, self.headers, self.version, self.keep = method, target, headers, version, keep
         self.names = names  # each field's name as sent, folded once for the multidict (`LeanServer.fields`)
         self.framing = fr
-        self.path = target.partition("?")[0]
+        self.path, _, self.query = target.partition("?")  # as sent: gate.admit reads the path
+        self.arrived = 0.0  # the loop time of the read that completed the head
         self.remote: str | None = None
         self.body: Body | None = None
         self.complete = False  # the whole request message has been read
@@ -307,6 +310,7 @@ class ClientConn(asyncio.Protocol):
             if ex.complete and fr.chunked:
                 g.body_done()
             self._ex = ex
+            ex.arrived = now
             self._upstream = None
             self._trailers = 0
             drive(self._serve(ex).__await__())
@@ -393,23 +397,18 @@ class ClientConn(asyncio.Protocol):
         s = self.server.state
         m = s.metrics
         m.in_flight.inc()
-        # llhttp drops the blanks before a value, not after it (RFC 9110 §5.5: neither is part of it)
         names, raw = ex.names, ex.headers
-        headers = CIMultiDictProxy(
-            CIMultiDict(
-                [(names[i], raw[i][1].rstrip(b" \t").decode("utf-8", "surrogateescape")) for i in range(len(names))]
-            )
-        )
+        headers = CIMultiDictProxy(CIMultiDict([(names[i], _field_value(raw[i][1])) for i in range(len(names))]))
         cors_extra = s.cors.actual(headers.get(ORIGIN)) if s.cors.enabled else ()
         ex.keep = ex.keep and not self.server.draining
         try:
             if s.cors.enabled and s.cors.is_preflight(ex.method, headers):
                 self._answer(ex, 204, list(preflight(s, headers)), b"")
                 return
-            _, _, raw_query = ex.target.partition("?")
+            raw_query = ex.query
             query = URL("/?" + raw_query, encoded=True).query if raw_query else _NO_QUERY
             host = headers.get(HOST) or self.local  # HTTP/1.0 may omit it
-            a = await admit(s, ex, ex.target, headers, query, self.peer, "http", host, ex.framing.has_body)
+            a = await admit(s, ex, ex.path, raw_query, headers, query, self.peer, "http", host, ex.framing.has_body)
             if ex.upgrade and is_websocket(ex.method, headers):
                 await self._websocket(ex, a, s)
                 return
@@ -439,7 +438,7 @@ class ClientConn(asyncio.Protocol):
         assert self.transport is not None
         reply = Reply(self.transport, ex.method, ex.version == "1.0", ex.keep, extra)
         pool = self.server.pool(s.cfg)
-        conn = pool.idle() or await pool.acquire(fresh=True)  # the usual case without a coroutine
+        conn = pool.idle(ex.arrived) or await pool.acquire(fresh=True)  # the usual case without a coroutine
         while True:
             self._upstream = conn
             finished = conn.send(reply, head)
@@ -625,6 +624,18 @@ async def _send_body(body: Body, conn: UpstreamConn, finished: Outcome, a: Admit
     if chunked:
         conn.write(b"0\r\n\r\n")
     return True
+
+
+def _field_value(raw: bytes) -> str:
+    """A field's value as text. llhttp drops the blanks before a value, not after it (RFC 9110 §5.5: neither is
+    part of it). Bytes that are not UTF-8 are kept as surrogates (`surrogateescape`), and told apart only when
+    a strict decoding fails: compiled, a strict one is the cheaper call, as is a look at the last byte."""
+    if raw and (raw[-1] == 32 or raw[-1] == 9):
+        raw = raw.rstrip(b" \t")
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "surrogateescape")
 
 
 def _field(raw: bytes) -> tuple[istr, int]:

@@ -254,6 +254,7 @@ class UpstreamConn(asyncio.Protocol):
         reply.head_at = self.active_at  # this read's loop time (data_received)
         no_body = reply.method == "HEAD" or status in _NO_BODY_STATUS or status == 101
         out = [self.pool.status_lines[status, reason]]
+        length_line: bytes | None = None  # the client's Content-Length line, when known with the framing
         if status == 101:
             fr = NO_BODY
             # the handshake's headers are the tunnel's (the order of different names carries no meaning)
@@ -277,7 +278,7 @@ class UpstreamConn(asyncio.Protocol):
                     named = (named or set()) | {t.strip().lower() for t in value.split(b",")}
             version = p.get_http_version()
             if len(lengths) == 1 and not codings and (version == "1.1" or version == "1.0"):
-                fr = self.pool.lengths[lengths[0]]  # the usual answer: its one Content-Length, read before
+                fr, length_line = self.pool.lengths[lengths[0]]  # the usual answer: a Content-Length read before
             else:
                 fr = body_framing(lengths, codings, version)
             if named and (named := named - _PLAIN_CONNECTION):
@@ -290,7 +291,7 @@ class UpstreamConn(asyncio.Protocol):
         for extra_name, extra_value in reply.extra if status != 101 else ():
             out.append(f"{extra_name}: {extra_value}\r\n".encode("latin-1"))
         if fr.length is not None and status != 204:
-            out.append(self.pool.length_lines[fr.length])
+            out.append(length_line or self.pool.length_lines[fr.length])
         elif no_body:
             pass
         elif not reply.http10:
@@ -446,9 +447,12 @@ def _length_line(length: int) -> bytes:
     return b"Content-Length: %d\r\n" % length
 
 
-def _length_framing(value: bytes) -> Framing:
-    """The framing of an HTTP/1.x message whose one framing field is this Content-Length (or FramingError)."""
-    return body_framing([value], [], "1.1")
+def _length_framing(value: bytes) -> tuple[Framing, bytes]:
+    """The framing of an HTTP/1.x message whose one framing field is this Content-Length (or FramingError),
+    and the client's Content-Length line for it."""
+    fr = body_framing([value], [], "1.1")
+    assert fr.length is not None
+    return fr, _length_line(fr.length)
 
 
 class UpstreamPool:
@@ -469,11 +473,12 @@ class UpstreamPool:
         # an app answers with a few statuses and lengths: their lines, remembered
         self.status_lines: Memo[tuple[int, bytes], bytes] = Memo(_status_line, _MAX_LINES)
         self.length_lines: Memo[int, bytes] = Memo(_length_line, _MAX_LINES)
-        self.lengths: Memo[bytes, Framing] = Memo(_length_framing, _MAX_LINES)  # an app's Content-Length values
+        # an app's Content-Length values: their framing and line
+        self.lengths: Memo[bytes, tuple[Framing, bytes]] = Memo(_length_framing, _MAX_LINES)
 
-    def idle(self) -> UpstreamConn | None:
-        """A pooled connection, most recently used first, if one is still good."""
-        now = self.loop.time()
+    def idle(self, now: float) -> UpstreamConn | None:
+        """A pooled connection, most recently used first, if one is still good (`now`: the loop's time, as the
+        caller read it for the request)."""
         while self._idle:
             conn = self._idle.pop()
             usable = conn.transport is not None and not conn.transport.is_closing()
@@ -484,7 +489,7 @@ class UpstreamPool:
         return None
 
     async def acquire(self, fresh: bool = False) -> UpstreamConn:
-        conn = None if fresh else self.idle()
+        conn = None if fresh else self.idle(self.loop.time())
         if conn is not None:
             return conn
         # a new one in a task of its own: requests run without one (drive), and the timeout needs a task
