@@ -55,7 +55,7 @@ def test_only_the_first_end_of_an_exchange_counts() -> None:
 
 async def test_a_request_waiting_for_a_future_or_a_loop_round_resumes_by_itself() -> None:
     loop = asyncio.get_running_loop()
-    body: asyncio.Future[bytes] = loop.create_future()
+    body: asyncio.Future[str] = loop.create_future()
     seen: list[str] = []
 
     async def request() -> None:
