@@ -122,7 +122,6 @@ class Exchange:
         "path",
         "query",
         "remote",
-        "target",
         "upgrade",
         "version",
     )
@@ -137,7 +136,7 @@ class Exchange:
         keep: bool,
         fr: Framing,
     ) -> None:
-        self.method, self.target, self.headers, self.version, self.keep = method, target, headers, version, keep
+        self.method, self.headers, self.version, self.keep = method, headers, version, keep
         self.names = names  # each field's name as sent, folded once for the multidict (`LeanServer.fields`)
         self.framing = fr
         self.path, _, self.query = target.partition("?")  # as sent: gate.admit reads the path

@@ -254,7 +254,7 @@ class UpstreamConn(asyncio.Protocol):
         reply.head_at = self.active_at  # this read's loop time (data_received)
         no_body = reply.method == "HEAD" or status in _NO_BODY_STATUS or status == 101
         out = [self.pool.status_lines[status, reason]]
-        length_line: bytes | None = None  # the client's Content-Length line, when known with the framing
+        length_line = b""  # the client's Content-Length line: read with the framing, from the app's one length
         if status == 101:
             fr = NO_BODY
             # the handshake's headers are the tunnel's (the order of different names carries no meaning)
@@ -291,7 +291,10 @@ class UpstreamConn(asyncio.Protocol):
         for extra_name, extra_value in reply.extra if status != 101 else ():
             out.append(f"{extra_name}: {extra_value}\r\n".encode("latin-1"))
         if fr.length is not None and status != 204:
-            out.append(length_line or self.pool.length_lines[fr.length])
+            # only `pool.lengths` frames with a length (`body_framing` gives one for a single Content-Length
+            # alone, which that branch takes), and it reads the line with it
+            assert length_line
+            out.append(length_line)
         elif no_body:
             pass
         elif not reply.http10:
@@ -443,16 +446,12 @@ def _status_line(app_status: tuple[int, bytes]) -> bytes:
     return b"HTTP/1.1 %d %s\r\n" % (status, reason if _PHRASE.fullmatch(reason) is not None else b"")
 
 
-def _length_line(length: int) -> bytes:
-    return b"Content-Length: %d\r\n" % length
-
-
 def _length_framing(value: bytes) -> tuple[Framing, bytes]:
     """The framing of an HTTP/1.x message whose one framing field is this Content-Length (or FramingError),
     and the client's Content-Length line for it."""
     fr = body_framing([value], [], "1.1")
     assert fr.length is not None
-    return fr, _length_line(fr.length)
+    return fr, b"Content-Length: %d\r\n" % fr.length
 
 
 class UpstreamPool:
@@ -470,10 +469,8 @@ class UpstreamPool:
         self.loop = asyncio.get_running_loop()
         self._idle: list[UpstreamConn] = []
         self.dropped: Memo[bytes, bool] = Memo(_dropped)
-        # an app answers with a few statuses and lengths: their lines, remembered
+        # an app answers with a few statuses and lengths: their lines, remembered (a length with its framing)
         self.status_lines: Memo[tuple[int, bytes], bytes] = Memo(_status_line, _MAX_LINES)
-        self.length_lines: Memo[int, bytes] = Memo(_length_line, _MAX_LINES)
-        # an app's Content-Length values: their framing and line
         self.lengths: Memo[bytes, tuple[Framing, bytes]] = Memo(_length_framing, _MAX_LINES)
 
     def idle(self, now: float) -> UpstreamConn | None:
